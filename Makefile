@@ -1,0 +1,35 @@
+# Two entry points: `make run` (main job on the embedded synthetic cohort) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+STAMP := $(VENV)/.installed
+
+.PHONY: run test validate dryrun lint schema clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --workflow-profile workflow/profiles/local
+
+validate: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --workflow-profile workflow/profiles/local validate
+
+dryrun: $(STAMP)
+	$(BIN)/snakemake -n --quiet
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+
+schema: $(STAMP)
+	$(BIN)/python -m ctp_steps schema > config/config.schema.json
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf results .snakemake

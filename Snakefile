@@ -1,0 +1,39 @@
+# ctp-cohort: dynamic CT myocardial perfusion, from DICOM to outcome study.
+# Loads and validates the config and the cohort manifest before planning any job,
+# then includes one rules/*.smk per stage. Logic lives in the ctp_steps package.
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+from ctp_steps.config import config_hash, load_config
+from ctp_steps.workflow import cohort_patients, stage_fingerprint
+
+min_version("9.0")
+
+REPO = Path(workflow.basedir)
+
+
+configfile: REPO / "config" / "config.yaml"
+
+
+validate(config, REPO / "config" / "config.schema.json")
+CFG = load_config(config)
+CONFIG_HASH = config_hash(CFG)
+PATIENTS = cohort_patients(CFG)
+
+RESULTS = CFG.results_dir
+PY = sys.executable  # the interpreter running Snakemake: the project's venv
+
+
+include: "rules/common.smk"
+include: "rules/synthetic.smk"
+include: "rules/convert.smk"
+include: "rules/cohort.smk"
+include: "rules/validate.smk"
+
+
+rule all:
+    input:
+        f"{RESULTS}/cohort/patients.parquet",
+    default_target: True

@@ -1,0 +1,3 @@
+from ctp_steps.cli import main
+
+main()

@@ -1,0 +1,100 @@
+"""Cohort gather: one row per manifest patient, usable or not, in a typed Parquet table.
+
+The schema is declared once here; later stages add their columns to it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from ctp_steps import __version__
+from ctp_steps.io import read_json, read_status, write_parquet
+from ctp_steps.manifest import read_manifest_table
+
+SCHEMA_VERSION = "1"
+
+PATIENT_COLUMNS: list[pa.Field] = [
+    pa.field("patient_id", pa.string(), nullable=False),
+    pa.field("center", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("reason", pa.string()),
+    pa.field("excluded_at", pa.string()),
+    pa.field("n_frames", pa.int32()),
+    pa.field("time_span_s", pa.float64()),
+    pa.field("shape_z", pa.int32()),
+    pa.field("shape_y", pa.int32()),
+    pa.field("shape_x", pa.int32()),
+    pa.field("spacing_x_mm", pa.float64()),
+    pa.field("spacing_y_mm", pa.float64()),
+    pa.field("spacing_z_mm", pa.float64()),
+    pa.field("kvp", pa.float64()),
+    pa.field("followup_days", pa.float64()),
+    pa.field("event", pa.int8()),
+]
+PROVENANCE_COLUMNS: list[pa.Field] = [
+    pa.field("software_version", pa.string(), nullable=False),
+    pa.field("config_hash", pa.string(), nullable=False),
+]
+
+
+def patients_schema(covariates: list[str]) -> pa.Schema:
+    covariate_fields = [pa.field(c, pa.float64()) for c in covariates]
+    return pa.schema(PATIENT_COLUMNS + covariate_fields + PROVENANCE_COLUMNS)
+
+
+def patient_record(patient_dir: Path, stages: list[str]) -> dict:
+    """Status (first exclusion along the chain wins) and per-stage figures of one patient."""
+    record: dict = {"status": "ok", "reason": None, "excluded_at": None}
+    for stage in stages:
+        status = read_status(patient_dir / f"{stage}.status.json")
+        if status.status != "ok":
+            record.update(status="excluded", reason=status.reason, excluded_at=status.stage)
+            break
+    if record["status"] == "ok" or record["excluded_at"] != "convert":
+        record.update(_conversion_figures(read_json(patient_dir / "frames.json")))
+    return record
+
+
+def _conversion_figures(frames: dict) -> dict:
+    shape = frames["shape_tzyx"]
+    spacing = frames["spacing_xyz_mm"]
+    return {
+        "n_frames": frames["n_frames"],
+        "time_span_s": frames["time_span_s"],
+        "shape_z": shape[1],
+        "shape_y": shape[2],
+        "shape_x": shape[3],
+        "spacing_x_mm": spacing[0],
+        "spacing_y_mm": spacing[1],
+        "spacing_z_mm": spacing[2],
+        "kvp": frames.get("kvp"),
+    }
+
+
+def gather_patients(
+    manifest: Path, patients_dir: Path, stages: list[str], covariates: list[str]
+) -> pd.DataFrame:
+    table = read_manifest_table(manifest)
+    rows = []
+    for entry in table.to_dict("records"):
+        patient_id, center = str(entry["patient_id"]), str(entry["center"])
+        row = {"patient_id": patient_id, "center": center}
+        row.update(patient_record(patients_dir / center / patient_id, stages))
+        for col in ("followup_days", "event", *covariates):
+            row[col] = pd.to_numeric(entry.get(col), errors="coerce")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_patients_table(table: pd.DataFrame, out: Path, config_hash: str) -> None:
+    covariates = [c for c in table.columns if c not in {f.name for f in PATIENT_COLUMNS}]
+    schema = patients_schema(covariates)
+    table = table.assign(software_version=__version__, config_hash=config_hash)
+    for field in schema:
+        if pa.types.is_integer(field.type):  # nullable: excluded patients have no frame count
+            table[field.name] = table[field.name].astype(f"Int{field.type.bit_width}")
+    arrow = pa.Table.from_pandas(table[schema.names], schema=schema, preserve_index=False)
+    write_parquet(out, arrow, metadata={"ctp_cohort_schema_version": SCHEMA_VERSION})

@@ -1,0 +1,81 @@
+"""Data types shared by the stages: image geometry, per-patient failures, stage status.
+
+Array convention everywhere: numpy arrays in SimpleITK order, (z, y, x) for a
+volume and (t, z, y, x) for a dynamic series. World coordinates are DICOM/ITK
+LPS millimetres. Geometry tuples are in ITK order (x, y, z).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+
+# Patient and center identifiers: safe as path components, nothing like `../x`.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """World placement of a (z, y, x) voxel grid, as ITK defines it."""
+
+    origin: tuple[float, float, float]
+    spacing: tuple[float, float, float]
+    direction: tuple[float, float, float, float, float, float, float, float, float]
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        """3x3 matrix whose columns are the world directions of the x, y, z index axes."""
+        return np.asarray(self.direction, dtype=float).reshape(3, 3)
+
+    def index_to_world(self, ijk_xyz: np.ndarray) -> np.ndarray:
+        """Continuous indices (..., 3) in (x, y, z) order → world LPS mm (..., 3)."""
+        ijk = np.asarray(ijk_xyz, dtype=float)
+        scaled = ijk * np.asarray(self.spacing)
+        return scaled @ self.direction_matrix.T + np.asarray(self.origin)
+
+    def world_to_index(self, xyz_mm: np.ndarray) -> np.ndarray:
+        """World LPS mm (..., 3) → continuous indices (..., 3) in (x, y, z) order."""
+        rel = np.asarray(xyz_mm, dtype=float) - np.asarray(self.origin)
+        return (rel @ self.direction_matrix) / np.asarray(self.spacing)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Geometry":
+        return cls(tuple(d["origin"]), tuple(d["spacing"]), tuple(d["direction"]))
+
+    def allclose(self, other: "Geometry", atol: float = 1e-3) -> bool:
+        return all(
+            np.allclose(getattr(self, f), getattr(other, f), atol=atol)
+            for f in ("origin", "spacing", "direction")
+        )
+
+
+class PatientInputError(Exception):
+    """A known problem with one patient's data: that patient is excluded, the cohort goes on.
+
+    The message is the reason that reaches patients.parquet, so it names the
+    file and the problem. Bugs must raise anything else and fail loudly.
+    """
+
+
+class UpstreamExcluded(PatientInputError):
+    """An earlier stage excluded the patient; its reason (which names that stage) is passed on."""
+
+
+StatusValue = Literal["ok", "excluded"]
+
+
+@dataclass(frozen=True)
+class StageStatus:
+    """What one stage concluded for one patient; every per-patient stage writes one."""
+
+    stage: str
+    status: StatusValue
+    reason: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)

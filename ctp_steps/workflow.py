@@ -1,0 +1,66 @@
+"""What the Snakefile needs at planning time: the patient list and stage code fingerprints.
+
+Kept free of heavy imports: planning a 20,000-patient DAG must not load torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+from pathlib import Path
+
+from ctp_steps.config import PipelineConfig
+from ctp_steps.manifest import ManifestPatient, manifest_patients, validate_manifest
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SHARED_MODULES = ("types.py", "io.py", "cli.py")
+SYNTHETIC_COVARIATES = ("age", "sex", "diabetes", "hypertension", "smoking")
+
+
+@cache
+def stage_fingerprint(*sources: str) -> str:
+    """Hash of a stage's own source files (and the shared I/O), put in the rule's params.
+
+    Snakemake does not track code inside an imported package, so without this
+    an edit of `ctp_steps/convert.py` would not rerun conversion. `sources` are
+    paths relative to the package: module files or subpackage folders.
+    """
+    digest = hashlib.sha256()
+    for name in (*sources, *SHARED_MODULES):
+        path = PACKAGE_DIR / name
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for f in files:
+            digest.update(f.relative_to(PACKAGE_DIR).as_posix().encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def synthetic_specs(cfg: PipelineConfig) -> list:
+    """The default cohort's phantom specs, known from the config alone (no file needed to plan)."""
+    from ctp_steps.phantom import make_specs
+
+    syn = cfg.synthetic
+    return make_specs(
+        syn.n_patients, [(c.name, c.vendor_style) for c in syn.centers], syn.seed, role="cohort"
+    )
+
+
+def synthetic_patients(cfg: PipelineConfig) -> list[ManifestPatient]:
+    root = Path(cfg.results_dir) / "synthetic" / "dicom"
+    return [
+        ManifestPatient(s.patient_id, s.center, root / s.center / s.patient_id)
+        for s in synthetic_specs(cfg)
+    ]
+
+
+def cohort_patients(cfg: PipelineConfig) -> list[ManifestPatient]:
+    """Patients to process: the user's validated manifest, or the synthetic cohort."""
+    if cfg.uses_synthetic_cohort:
+        missing = sorted(set(cfg.covariates) - set(SYNTHETIC_COVARIATES))
+        if missing:
+            raise ValueError(
+                f"config covariates {missing} are not produced by the synthetic cohort "
+                f"(it provides {list(SYNTHETIC_COVARIATES)}); set `manifest` or drop them"
+            )
+        return synthetic_patients(cfg)
+    return manifest_patients(validate_manifest(cfg.manifest, cfg.covariates))

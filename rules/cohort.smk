@@ -1,0 +1,27 @@
+# Per-patient records → the cohort tables under results/cohort/.
+
+
+rule gather_patients:
+    input:
+        manifest=manifest_path(),
+        status=lambda wc: [
+            f for stage in PATIENT_STAGES for f in per_patient(f"{PATIENT_DIR}/{stage}.status.json")
+        ],
+    output:
+        f"{RESULTS}/cohort/patients.parquet",
+    params:
+        stages=PATIENT_STAGES,
+        covariates=CFG.covariates,
+        config_hash=CONFIG_HASH,
+        code=stage_fingerprint("cohort.py", "manifest.py"),
+    log:
+        f"{LOGS}/gather_patients.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/stats.yaml"
+    shell:
+        "{PY} -m ctp_steps gather --manifest {input.manifest:q} --patients-dir {RESULTS}/patients"
+        " --stages {params.stages} --covariates {params.covariates} --config-hash {params.config_hash}"
+        " --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,29 @@
+# Shared by the stage rules: patient paths, wildcard constraints, the chain of
+# per-patient stages (each stage's .smk appends itself) and validation inputs.
+
+PATIENT_DIR = f"{RESULTS}/patients/{{center}}/{{patient}}"
+SYNTHETIC_DIR = f"{RESULTS}/synthetic"
+LOGS = f"{RESULTS}/logs"
+
+# Per-patient stages in chain order; the cohort gather reads each one's status record.
+PATIENT_STAGES: list[str] = []
+# Per-patient validation metric files (patterns with {center} and {patient}).
+VALIDATION_METRICS: list[str] = []
+
+CENTERS = [p.center for p in PATIENTS]
+PATIENT_IDS = [p.patient_id for p in PATIENTS]
+DICOM_DIRS = {(p.center, p.patient_id): str(p.dicom_dir) for p in PATIENTS}
+
+
+wildcard_constraints:
+    center=r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}",
+    patient=r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}",
+
+
+def per_patient(pattern: str) -> list[str]:
+    """Expand a {center}/{patient} pattern over the cohort (zip, not product)."""
+    return expand(pattern, zip, center=CENTERS, patient=PATIENT_IDS)
+
+
+def manifest_path() -> str:
+    return CFG.manifest or f"{SYNTHETIC_DIR}/manifest.csv"

@@ -1,0 +1,57 @@
+# `snakemake validate`: every stage's outputs vs the phantom's hidden truth.
+# Only these rules read the truth folder.
+
+VALIDATION_METRICS.append(f"{RESULTS}/validation/patients/{{center}}/{{patient}}/conversion.parquet")
+
+
+rule validate_conversion:
+    input:
+        truth=f"{SYNTHETIC_DIR}/truth/{{center}}/{{patient}}/truth.json",
+        series=f"{PATIENT_DIR}/series.nii.gz",
+        frames=f"{PATIENT_DIR}/frames.json",
+        status=f"{PATIENT_DIR}/convert.status.json",
+    output:
+        f"{RESULTS}/validation/patients/{{center}}/{{patient}}/conversion.parquet",
+    params:
+        phantom=CFG.synthetic.phantom.model_dump_json(),
+        truth_dir=lambda wc, input: str(Path(input.truth).parent),
+        code=stage_fingerprint("validate.py", "phantom"),
+    log:
+        f"{LOGS}/validate/conversion/{{center}}/{{patient}}.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/imaging.yaml"
+    shell:
+        "{PY} -m ctp_steps validate-conversion --truth-dir {params.truth_dir:q}"
+        " --series {input.series:q} --frames {input.frames:q} --status {input.status:q}"
+        " --params-json {params.phantom:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule validate:
+    input:
+        metrics=lambda wc: validation_inputs(),
+        cohort=f"{RESULTS}/cohort/patients.parquet",
+    output:
+        f"{RESULTS}/validation/summary.parquet",
+    params:
+        code=stage_fingerprint("validate.py"),
+    log:
+        f"{LOGS}/validation_summary.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/stats.yaml"
+    shell:
+        "{PY} -m ctp_steps validation-summary --inputs {input.metrics:q}"
+        " --out-dir {RESULTS}/validation > {log:q} 2>&1"
+
+
+def validation_inputs() -> list[str]:
+    if not CFG.uses_synthetic_cohort:
+        raise WorkflowError(
+            "validate needs the synthetic cohort's ground truth; a user manifest has none"
+        )
+    return [f for pattern in VALIDATION_METRICS for f in per_patient(pattern)]
