@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ctp_steps import __version__
-from ctp_steps.io import read_json, read_status, write_parquet
+from ctp_steps.io import read_status, write_parquet
 from ctp_steps.manifest import read_manifest_table
 
 SCHEMA_VERSION = "1"
@@ -46,32 +46,15 @@ def patients_schema(covariates: list[str]) -> pa.Schema:
 
 
 def patient_record(patient_dir: Path, stages: list[str]) -> dict:
-    """Status (first exclusion along the chain wins) and per-stage figures of one patient."""
+    """Merged stage records; status and reason of the first exclusion along the chain."""
     record: dict = {"status": "ok", "reason": None, "excluded_at": None}
     for stage in stages:
         status = read_status(patient_dir / f"{stage}.status.json")
         if status.status != "ok":
             record.update(status="excluded", reason=status.reason, excluded_at=status.stage)
             break
-    if record["status"] == "ok" or record["excluded_at"] != "convert":
-        record.update(_conversion_figures(read_json(patient_dir / "frames.json")))
+        record.update(status.record)
     return record
-
-
-def _conversion_figures(frames: dict) -> dict:
-    shape = frames["shape_tzyx"]
-    spacing = frames["spacing_xyz_mm"]
-    return {
-        "n_frames": frames["n_frames"],
-        "time_span_s": frames["time_span_s"],
-        "shape_z": shape[1],
-        "shape_y": shape[2],
-        "shape_x": shape[3],
-        "spacing_x_mm": spacing[0],
-        "spacing_y_mm": spacing[1],
-        "spacing_z_mm": spacing[2],
-        "kvp": frames.get("kvp"),
-    }
 
 
 def gather_patients(
@@ -89,12 +72,16 @@ def gather_patients(
     return pd.DataFrame(rows)
 
 
-def write_patients_table(table: pd.DataFrame, out: Path, config_hash: str) -> None:
-    covariates = [c for c in table.columns if c not in {f.name for f in PATIENT_COLUMNS}]
+def write_patients_table(
+    table: pd.DataFrame, out: Path, covariates: list[str], config_hash: str
+) -> None:
     schema = patients_schema(covariates)
+    unknown = set(table.columns) - set(schema.names)
+    if unknown:
+        raise ValueError(f"stage records carry columns not in the patients schema: {sorted(unknown)}")
     table = table.assign(software_version=__version__, config_hash=config_hash)
     for field in schema:
         if pa.types.is_integer(field.type):  # nullable: excluded patients have no frame count
             table[field.name] = table[field.name].astype(f"Int{field.type.bit_width}")
-    arrow = pa.Table.from_pandas(table[schema.names], schema=schema, preserve_index=False)
+    arrow = pa.Table.from_pandas(table.reindex(columns=schema.names), schema=schema, preserve_index=False)
     write_parquet(out, arrow, metadata={"ctp_cohort_schema_version": SCHEMA_VERSION})

@@ -118,7 +118,7 @@ def write_status(path: str | Path, status: StageStatus) -> None:
 
 def read_status(path: str | Path) -> StageStatus:
     d = read_json(path)
-    return StageStatus(stage=d["stage"], status=d["status"], reason=d.get("reason"))
+    return StageStatus(d["stage"], d["status"], d.get("reason"), d.get("record", {}))
 
 
 def require_ok(status_path: str | Path) -> None:

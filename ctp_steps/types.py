@@ -7,7 +7,7 @@ LPS millimetres. Geometry tuples are in ITK order (x, y, z).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -71,11 +71,16 @@ StatusValue = Literal["ok", "excluded"]
 
 @dataclass(frozen=True)
 class StageStatus:
-    """What one stage concluded for one patient; every per-patient stage writes one."""
+    """What one stage concluded for one patient; every per-patient stage writes one.
+
+    `record` holds the stage's per-patient figures for patients.parquet (flat
+    column → value); the cohort gather merges the records of the whole chain.
+    """
 
     stage: str
     status: StatusValue
     reason: str | None = None
+    record: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -13,7 +13,7 @@ rule gather_patients:
         stages=PATIENT_STAGES,
         covariates=CFG.covariates,
         config_hash=CONFIG_HASH,
-        code=stage_fingerprint("cohort.py", "manifest.py"),
+        code=stage_fingerprint("cohort.py", "manifest.py", "commands/cohort.py"),
     log:
         f"{LOGS}/gather_patients.log",
     resources:

@@ -12,12 +12,14 @@ rule convert:
         status=f"{PATIENT_DIR}/convert.status.json",
     params:
         min_frames=CFG.conversion.min_frames,
-        code=stage_fingerprint("convert.py"),
+        code=stage_fingerprint("convert.py", "commands/convert.py"),
     log:
         f"{LOGS}/convert/{{center}}/{{patient}}.log",
     resources:
         mem_mb=2000,
         runtime=10,
+    group:
+        "patient"
     conda:
         "../envs/imaging.yaml"
     shell:

@@ -19,12 +19,14 @@ rule synthesize_patient:
         spec=lambda wc: json.dumps(SYNTHETIC_SPECS[(wc.center, wc.patient)]),
         phantom=CFG.synthetic.phantom.model_dump_json(),
         truth_dir=lambda wc, output: str(Path(output.truth).parent),
-        code=stage_fingerprint("phantom", "aha.py"),
+        code=stage_fingerprint("phantom", "aha.py", "commands/synthetic.py"),
     log:
         f"{LOGS}/synthesize/{{center}}/{{patient}}.log",
     resources:
         mem_mb=2000,
         runtime=10,
+    group:
+        "patient"
     conda:
         "../envs/imaging.yaml"
     shell:
@@ -40,7 +42,7 @@ rule synthetic_manifest:
     params:
         outcome=CFG.synthetic.outcome.model_dump_json(),
         seed=CFG.synthetic.seed,
-        code=stage_fingerprint("synthetic.py", "phantom/outcomes.py"),
+        code=stage_fingerprint("synthetic.py", "phantom/outcomes.py", "commands/synthetic.py"),
     log:
         f"{LOGS}/synthetic_manifest.log",
     resources:

@@ -15,12 +15,14 @@ rule validate_conversion:
     params:
         phantom=CFG.synthetic.phantom.model_dump_json(),
         truth_dir=lambda wc, input: str(Path(input.truth).parent),
-        code=stage_fingerprint("validate.py", "phantom"),
+        code=stage_fingerprint("validate.py", "phantom", "commands/validate.py"),
     log:
         f"{LOGS}/validate/conversion/{{center}}/{{patient}}.log",
     resources:
         mem_mb=2000,
         runtime=10,
+    group:
+        "patient"
     conda:
         "../envs/imaging.yaml"
     shell:
@@ -36,7 +38,7 @@ rule validate:
     output:
         f"{RESULTS}/validation/summary.parquet",
     params:
-        code=stage_fingerprint("validate.py"),
+        code=stage_fingerprint("validate.py", "commands/validate.py"),
     log:
         f"{LOGS}/validation_summary.log",
     resources:

@@ -1,0 +1,1 @@
+"""One module per stage with its CLI subcommands; each defines `register(subparsers)`."""

@@ -1,0 +1,40 @@
+"""Subcommands of the synthetic cohort: one phantom patient, the cohort manifest."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _synthesize(args: argparse.Namespace) -> None:
+    from ctp_steps.phantom import PatientSpec, PhantomParams, generate_patient, write_dicom, write_truth
+
+    spec = PatientSpec(**json.loads(args.spec_json))
+    patient = generate_patient(spec, PhantomParams.model_validate_json(args.params_json))
+    write_dicom(patient, Path(args.dicom_dir), spec.vendor_style)
+    write_truth(patient, Path(args.truth_dir))
+
+
+def _manifest(args: argparse.Namespace) -> None:
+    from ctp_steps.synthetic import write_synthetic_manifest
+
+    write_synthetic_manifest(
+        [Path(p) for p in args.truth], Path(args.out), json.loads(args.outcome_json), args.seed
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synthesize", help="generate one phantom patient: DICOM + hidden truth")
+    p.add_argument("--spec-json", required=True)
+    p.add_argument("--params-json", required=True)
+    p.add_argument("--dicom-dir", required=True)
+    p.add_argument("--truth-dir", required=True)
+    p.set_defaults(func=_synthesize)
+
+    p = sub.add_parser("synthetic-manifest", help="covariates + outcomes → cohort manifest")
+    p.add_argument("--truth", nargs="+", required=True)
+    p.add_argument("--outcome-json", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_manifest)

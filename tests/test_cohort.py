@@ -1,0 +1,84 @@
+"""Cohort gather and the per-patient stage contract: exact table contents."""
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from ctp_steps.cli import run_patient_stage
+from ctp_steps.cohort import SCHEMA_VERSION, gather_patients, write_patients_table
+from ctp_steps.io import read_status
+from ctp_steps.types import PatientInputError
+
+RECORD = {"n_frames": 14, "time_span_s": 33.5, "shape_z": 16, "shape_y": 40, "shape_x": 40,
+          "spacing_x_mm": 5.0, "spacing_y_mm": 5.0, "spacing_z_mm": 6.0, "kvp": 100.0}
+
+
+def _stage(patient_dir: Path, stage: str, work, upstream: list[str] = ()) -> None:
+    run_patient_stage(
+        stage, patient_dir / f"{stage}.status.json", [patient_dir / f"{stage}.out"],
+        [patient_dir / f"{u}.status.json" for u in upstream], work,
+    )
+
+
+def _fail(msg: str):
+    def work():
+        raise PatientInputError(msg)
+    return work
+
+
+def test_stage_contract_records_reason_and_propagates(tmp_path):
+    ok, bad = tmp_path / "C" / "P1", tmp_path / "C" / "P2"
+    _stage(ok, "convert", lambda: RECORD)
+    _stage(bad, "convert", _fail("/data/P2: no readable DICOM files (3 files skipped)"))
+    (bad / "next.out").parent.mkdir(parents=True, exist_ok=True)
+    for d in (ok, bad):
+        _stage(d, "next", lambda: {}, upstream=["convert"])
+    assert read_status(ok / "next.status.json").status == "ok"
+    bad_next = read_status(bad / "next.status.json")
+    assert bad_next.status == "excluded"
+    assert bad_next.reason == "convert: /data/P2: no readable DICOM files (3 files skipped)"
+    assert (bad / "next.out").read_bytes() == b""
+
+
+def test_a_bug_is_not_swallowed(tmp_path):
+    def work():
+        raise ZeroDivisionError("bug")
+    with pytest.raises(ZeroDivisionError):
+        _stage(tmp_path, "convert", work)
+    assert not (tmp_path / "convert.status.json").exists()
+
+
+def test_gather_one_row_per_manifest_patient(tmp_path):
+    patients = tmp_path / "patients"
+    _stage(patients / "C1" / "P1", "convert", lambda: RECORD)
+    _stage(patients / "C1" / "P2", "convert", _fail("frame 3 has 15 of 16 slices (incomplete)"))
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame([
+        {"patient_id": "P1", "center": "C1", "dicom_dir": "x", "followup_days": "10.5", "event": "1", "age": "70"},
+        {"patient_id": "P2", "center": "C1", "dicom_dir": "y", "followup_days": "", "event": "", "age": "55"},
+    ]).to_csv(manifest, index=False)
+    table = gather_patients(manifest, patients, ["convert"], ["age"])
+    out = tmp_path / "patients.parquet"
+    write_patients_table(table, out, ["age"], "abc123")
+    got = pd.read_parquet(out)
+    assert got["status"].tolist() == ["ok", "excluded"]
+    assert got["reason"].tolist()[1] == "convert: frame 3 has 15 of 16 slices (incomplete)"
+    assert got["n_frames"].tolist()[0] == 14 and pd.isna(got["n_frames"].tolist()[1])
+    assert got["followup_days"].tolist()[0] == 10.5 and pd.isna(got["followup_days"][1])
+    assert got["event"].tolist()[0] == 1 and got["age"].tolist() == [70.0, 55.0]
+    assert got["config_hash"].unique().tolist() == ["abc123"]
+    meta = pq.read_schema(out).metadata
+    assert meta[b"ctp_cohort_schema_version"] == SCHEMA_VERSION.encode()
+    assert str(pq.read_schema(out).field("n_frames").type) == "int32"
+
+
+def test_unknown_record_column_is_a_bug(tmp_path):
+    patients = tmp_path / "patients"
+    _stage(patients / "C1" / "P1", "convert", lambda: {"made_up": 1})
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame([{"patient_id": "P1", "center": "C1", "dicom_dir": "x"}]).to_csv(manifest, index=False)
+    table = gather_patients(manifest, patients, ["convert"], [])
+    with pytest.raises(ValueError, match="made_up"):
+        write_patients_table(table, tmp_path / "o.parquet", [], "h")

@@ -1,0 +1,126 @@
+"""The DAG for real: Snakemake runs the tiny synthetic cohort end to end, bad input is contained."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, TINY_PHANTOM, run_snakemake, tiny_config
+
+pytestmark = pytest.mark.workflow
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """One real run of `all` + `validate` on 3 patients, one per vendor style."""
+    work = tmp_path_factory.mktemp("tiny")
+    run_snakemake(work, tiny_config(work / "results"), "all", "validate")
+    return work
+
+
+def test_patients_table_one_ok_row_per_patient(tiny_run):
+    table = pd.read_parquet(tiny_run / "results" / "cohort" / "patients.parquet")
+    assert table["patient_id"].tolist() == ["S0001", "S0002", "S0003"]
+    assert table["center"].tolist() == ["CTR-A", "CTR-B", "CTR-C"]
+    assert (table["status"] == "ok").all() and table["reason"].isna().all()
+    assert table[["shape_z", "shape_y", "shape_x"]].drop_duplicates().values.tolist() == [TINY_PHANTOM["shape_zyx"]]
+    assert table["n_frames"].between(8, 25).all()
+    assert table["time_span_s"].between(25, 45).all()
+    assert table["followup_days"].notna().all() and set(table["event"]) <= {0, 1}
+    assert {"age", "sex", "diabetes", "hypertension", "smoking", "config_hash", "software_version"} <= set(table.columns)
+
+
+def test_validation_summary_conversion_exact(tiny_run):
+    summary = pd.read_parquet(tiny_run / "results" / "validation" / "summary.parquet")
+    assert list(summary.columns) == ["stage", "metric", "target", "n", "mean", "median", "p05", "p95"]
+    rows = summary.set_index("metric")
+    assert rows.loc["conversion_ok", "mean"] == 1.0 and rows.loc["conversion_ok", "n"] == 3
+    # int16 storage with rescale slope ≤ 1: the round trip is exact to half a stored unit.
+    assert rows.loc["conversion_max_abs_error_hu", "p95"] <= 0.5 + 1e-4
+    assert rows.loc["frame_time_error_s", "p95"] < 1e-3
+    assert rows.loc["origin_error_mm", "p95"] < 1e-3
+
+
+def test_second_run_has_nothing_to_do(tiny_run):
+    proc = run_snakemake(tiny_run, tiny_config(tiny_run / "results"), "all", "validate", "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_truth_is_kept_apart_and_no_phi(tiny_run):
+    results = tiny_run / "results"
+    frames = (results / "patients" / "CTR-A" / "S0001" / "frames.json").read_text()
+    assert "SYNTHETIC" not in frames and "truth" not in frames
+    assert not any("truth" in p.name for p in (results / "patients").rglob("*"))
+
+
+def test_bad_patients_are_excluded_and_cohort_completes(tiny_run, tmp_path):
+    """A user manifest mixing good patients with broken DICOM folders."""
+    synthetic = tiny_run / "results" / "synthetic"
+    manifest = pd.read_csv(synthetic / "manifest.csv")
+    manifest["dicom_dir"] = [str(synthetic / d) for d in manifest["dicom_dir"]]
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(synthetic / "dicom" / "CTR-A" / "S0001", incomplete)
+    victim = sorted(p for p in incomplete.rglob("*") if p.is_file())[5]
+    victim.unlink()
+    text_only = tmp_path / "text_only"
+    text_only.mkdir()
+    (text_only / "notes.txt").write_text("not DICOM")
+    broken = manifest.iloc[:2].copy()
+    broken["patient_id"] = ["B0001", "B0002"]
+    broken["dicom_dir"] = [str(incomplete), str(text_only)]
+    path = tmp_path / "cohort.csv"
+    pd.concat([manifest, broken]).to_csv(path, index=False)
+
+    out = tmp_path / "results"
+    run_snakemake(tmp_path / "work", tiny_config(out, manifest=str(path)), "all")
+    table = pd.read_parquet(out / "cohort" / "patients.parquet").set_index("patient_id")
+    assert table.loc[["S0001", "S0002", "S0003"], "status"].eq("ok").all()
+    assert table.loc["B0001", "status"] == "excluded"
+    assert table.loc["B0001", "reason"].startswith("convert: ") and "incomplete" in table.loc["B0001", "reason"]
+    assert table.loc["B0002", "reason"].startswith("convert: ") and "no readable DICOM" in table.loc["B0002", "reason"]
+    assert table.loc["B0002", "excluded_at"] == "convert" and pd.isna(table.loc["B0002", "n_frames"])
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    cfg = tiny_config(tmp_path / "results", device="tpu")
+    cfg["synthetic"]["n_patients"] = 0
+    proc = run_snakemake(tmp_path, cfg, "all", check=False)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "device" in err and "n_patients" in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_bad_manifest_stops_before_any_job(tmp_path):
+    path = tmp_path / "cohort.csv"
+    (tmp_path / "d").mkdir()
+    pd.DataFrame(
+        [{"patient_id": "../x", "center": "C", "dicom_dir": "d", "age": 1, "sex": 1, "diabetes": 0,
+          "hypertension": 0, "smoking": 0, "event": 3}]
+    ).to_csv(path, index=False)
+    proc = run_snakemake(tmp_path, tiny_config(tmp_path / "results", manifest=str(path)), "all", check=False)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "row 2, column patient_id: '../x' does not match" in err
+    assert "row 2, column event: '3' is not 0 or 1" in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_default_cohort_plans_and_lints(repo, tmp_path):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory", str(tmp_path)]
+    plan = subprocess.run([*cmd, "-n", "--quiet", "rules", "--config", f"results_dir={tmp_path}/r"],
+                          capture_output=True, text=True, check=True)
+    counts = {}
+    for line in plan.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    assert counts["synthesize_patient"] == 40 and counts["convert"] == 40
+    assert counts["synthetic_manifest"] == 1 and counts["gather_patients"] == 1
+    lint = subprocess.run([*cmd, "--lint"], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
