@@ -7,7 +7,7 @@ from pathlib import Path
 from snakemake.utils import min_version, validate
 
 from ctp_steps.config import config_hash, load_config
-from ctp_steps.workflow import cohort_patients, stage_fingerprint
+from ctp_steps.workflow import analysis_rule_files, cohort_patients, stage_fingerprint
 
 min_version("9.0")
 
@@ -29,8 +29,25 @@ PY = sys.executable  # the interpreter running Snakemake: the project's venv
 include: "rules/common.smk"
 include: "rules/synthetic.smk"
 include: "rules/convert.smk"
+
+
+for rule_file in analysis_rule_files(CFG):
+
+    include: rule_file
+
+
 include: "rules/cohort.smk"
 include: "rules/validate.smk"
+
+
+for rule_file in sorted((REPO / "rules" / "train").glob("*.smk")):
+
+    include: rule_file
+
+
+rule train:
+    input:
+        TRAIN_TARGETS,
 
 
 rule all:

@@ -31,6 +31,10 @@ PATIENT_COLUMNS: list[pa.Field] = [
     pa.field("spacing_y_mm", pa.float64()),
     pa.field("spacing_z_mm", pa.float64()),
     pa.field("kvp", pa.float64()),
+    pa.field("segment_frames_source", pa.string()),
+    pa.field("register_source", pa.string()),
+    pa.field("segment_myocardium_source", pa.string()),
+    pa.field("landmarks_source", pa.string()),
     pa.field("followup_days", pa.float64()),
     pa.field("event", pa.int8()),
 ]

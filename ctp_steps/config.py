@@ -14,8 +14,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ctp_steps.landmarks.config import LandmarkConfig
 from ctp_steps.phantom.outcomes import OutcomeParams
 from ctp_steps.phantom.params import PhantomParams
+from ctp_steps.registration.config import RegistrationConfig
+from ctp_steps.segmentation.config import SegmentationConfig
 from ctp_steps.types import ID_PATTERN
 
 
@@ -61,6 +64,29 @@ class ConversionConfig(Strict):
     min_frames: int = Field(8, ge=2, description="Fewer frames than this excludes the patient.")
 
 
+class StagesConfig(Strict):
+    """Which implementation produces each stage between conversion and MBF (key per stage;
+    `registration` selects the `register` stage's method).
+
+    `oracle` is a validation-only stand-in built from the phantom's hidden truth
+    (ctp_steps/oracle.py): it runs only on the synthetic cohort. On a user
+    manifest the chain stops before the first oracle stage.
+    """
+
+    segment_frames: Literal["oracle", "vbnet"] = Field(
+        "oracle", description="Aorta/LV masks per frame and the AIF."
+    )
+    registration: Literal["oracle", "learned", "simpleitk", "none"] = Field(
+        "oracle", description="Alignment of all frames to the reference."
+    )
+    segment_myocardium: Literal["oracle", "vbnet"] = Field(
+        "oracle", description="Myocardium on the registered average."
+    )
+    landmarks: Literal["oracle", "heatmap"] = Field(
+        "oracle", description="LV landmarks and the AHA 17-segment map."
+    )
+
+
 class PipelineConfig(Strict):
     results_dir: str = Field("results", min_length=1, description="Where every output goes.")
     manifest: str | None = Field(
@@ -73,6 +99,10 @@ class PipelineConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device of numeric stages.")
     synthetic: SyntheticCohortConfig = Field(default_factory=SyntheticCohortConfig)
     conversion: ConversionConfig = Field(default_factory=ConversionConfig)
+    stages: StagesConfig = Field(default_factory=StagesConfig)
+    segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
+    registration: RegistrationConfig = Field(default_factory=RegistrationConfig)
+    landmarks: LandmarkConfig = Field(default_factory=LandmarkConfig)
 
     @model_validator(mode="after")
     def _covariates_unique(self) -> "PipelineConfig":

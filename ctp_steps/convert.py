@@ -18,6 +18,7 @@ element, which is loaded from its file offset only for the slices kept.
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.uid import CTImageStorage, MediaStorageDirectoryStorage
 
 from ctp_steps.io import write_json, write_series
@@ -110,7 +112,7 @@ def convert_dicom_series(dicom_dir: Path, min_frames: int = 8) -> ConvertedSerie
     _check_series_per_frame(slices, frames, dicom_dir)
     _check_complete(slices, labels, frames, times_s, dicom_dir)
     if len(frames) < min_frames:
-        stack = f" (a single stack of {len(frames[0])} slices)" if grouping is None else ""
+        stack = f" (a single stack of {len(frames[0])} slice(s))" if grouping is None else ""
         raise PatientInputError(
             f"{dicom_dir}: {len(frames)} frame(s){stack}, at least {min_frames} required"
         )
@@ -180,7 +182,7 @@ def write_converted(series: ConvertedSeries, series_path: Path, frames_json_path
 
 def _read_headers(dicom_dir: Path) -> tuple[list[_Slice], Counter, int]:
     """All slice files under dicom_dir (any name, any depth); other files are counted by reason."""
-    files = sorted(p for p in dicom_dir.rglob("*") if p.is_file())
+    files = _files_under(dicom_dir)
     skipped: Counter = Counter()
     slices = []
     for path in files:
@@ -204,10 +206,10 @@ def _read_headers(dicom_dir: Path) -> tuple[list[_Slice], Counter, int]:
         modality = str(ds.get("Modality", "")).strip() or "missing"
         if modality != "CT":
             raise PatientInputError(f"{path}: modality {modality}, expected CT")
-        if "LOCALIZER" in [str(v).upper() for v in ds.get("ImageType", [])]:
+        if "LOCALIZER" in _strings(ds.get("ImageType")):
             skipped["localizer"] += 1
             continue
-        n_frames = int(ds.get("NumberOfFrames") or 1)
+        n_frames = int(_floats(ds, "NumberOfFrames", 1, path, default=1.0)[0])
         if n_frames > 1:
             raise PatientInputError(
                 f"{path}: multi-frame image with {n_frames} frames; one slice per file is expected"
@@ -216,15 +218,38 @@ def _read_headers(dicom_dir: Path) -> tuple[list[_Slice], Counter, int]:
     return slices, skipped, len(files)
 
 
+def _files_under(root: Path) -> list[Path]:
+    """Every file below root, through linked folders too (cohorts are often link farms), each folder once."""
+    seen: set[str] = set()
+    files = []
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        files.extend(Path(folder) / name for name in names)
+    return sorted(p for p in files if p.is_file())
+
+
 def _slice_of(path: Path, ds: pydicom.Dataset) -> _Slice:
     tags = {kw: _raw(ds.get(kw)) for kw in dict.fromkeys(GROUPING_TAGS + TIME_TAGS)}
+    orientation = _floats(ds, "ImageOrientationPatient", 6, path)
+    row, col = np.asarray(orientation[:3]), np.asarray(orientation[3:])
+    if max(abs(row @ row - 1), abs(col @ col - 1), abs(row @ col)) > 1e-3:
+        raise PatientInputError(
+            f"{path}: malformed ImageOrientationPatient {orientation}: not two orthogonal unit vectors"
+        )
+    pixel_spacing = _floats(ds, "PixelSpacing", 2, path)
+    if min(pixel_spacing) <= 0:
+        raise PatientInputError(f"{path}: malformed PixelSpacing {pixel_spacing}: not positive")
     return _Slice(
         path=path,
         dataset=ds,
         rows=int(_floats(ds, "Rows", 1, path)[0]),
         cols=int(_floats(ds, "Columns", 1, path)[0]),
-        pixel_spacing=_floats(ds, "PixelSpacing", 2, path),
-        orientation=_floats(ds, "ImageOrientationPatient", 6, path),
+        pixel_spacing=pixel_spacing,
+        orientation=orientation,
         position=_floats(ds, "ImagePositionPatient", 3, path),
         slope=_floats(ds, "RescaleSlope", 1, path, default=1.0)[0],
         intercept=_floats(ds, "RescaleIntercept", 1, path, default=0.0)[0],
@@ -241,7 +266,7 @@ def _floats(
         if default is not None:
             return (default,)
         raise PatientInputError(f"{path}: missing {keyword}")
-    items = list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+    items = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
     try:
         numbers = tuple(float(v) for v in items)
     except (TypeError, ValueError) as exc:
@@ -256,7 +281,16 @@ def _raw(value: object) -> str | None:
     return text or None
 
 
+def _strings(value: object) -> list[str]:
+    """A CS element's values, upper case, whether pydicom gives one string or a MultiValue."""
+    if value is None:
+        return []
+    items = value if isinstance(value, (list, tuple, MultiValue)) else [value]
+    return [str(v).strip().upper() for v in items]
+
+
 def _optional_float(value: object) -> float | None:
+    """A number that only informs (KVP) or cross-checks (TemporalPositionIdentifier); malformed = unknown."""
     try:
         return float(value) if value not in (None, "") else None
     except (TypeError, ValueError):
@@ -410,7 +444,7 @@ def _frame_times(
 
 
 def _tag_seconds(slices: list[_Slice], tag: str) -> np.ndarray | None:
-    """Seconds of `tag` for every slice (TM unwrapped across midnight); None if any is missing or unparsable."""
+    """Seconds of `tag` for every slice (TM unwrapped across midnight); None if any is missing or malformed."""
     parse = {"AcquisitionDateTime": _parse_dt, "TriggerTime": _parse_ms}.get(tag, _parse_tm)
     values = [parse(s.tags[tag]) if s.tags[tag] is not None else None for s in slices]
     if any(v is None for v in values):
@@ -421,7 +455,7 @@ def _tag_seconds(slices: list[_Slice], tag: str) -> np.ndarray | None:
 
 def _parse_tm(text: str) -> float | None:
     """DICOM TM (HHMMSS.FFFFFF, also HHMM, HH and the old HH:MM:SS) → seconds after midnight."""
-    m = re.fullmatch(r"(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?", text.replace(":", ""))
+    m = re.fullmatch(r"(\d{2})(\d{2})?(\d{2})?(\.\d+)?", text.replace(":", ""))
     if m is None:
         return None
     hh, mm, ss = int(m[1]), int(m[2] or 0), int(m[3] or 0)
@@ -433,7 +467,7 @@ def _parse_tm(text: str) -> float | None:
 def _parse_dt(text: str) -> float | None:
     """DICOM DT (YYYYMMDDHHMMSS.FFFFFF&ZZXX, trailing parts optional) → seconds since the epoch."""
     m = re.fullmatch(
-        r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,6})?([+-]\d{4})?", text
+        r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d+)?([+-]\d{4})?", text
     )
     if m is None:
         return None
@@ -458,7 +492,7 @@ def _parse_ms(text: str) -> float | None:
 
 
 def _unwrap_midnight(seconds: np.ndarray) -> np.ndarray:
-    """Times of day → one increasing clock: the largest gap on the 24 h circle is where the scan did not run."""
+    """Times of day → one increasing clock: the largest gap on the 24 h circle is when nothing was scanned."""
     u = np.unique(seconds)
     gaps = np.diff(np.append(u, u[0] + _DAY_S))
     k = int(np.argmax(gaps))
@@ -471,35 +505,34 @@ def _unwrap_midnight(seconds: np.ndarray) -> np.ndarray:
 
 
 def _check_series_per_frame(slices: list[_Slice], frames: list[list[int]], dicom_dir: Path) -> None:
-    """One series for all frames or one series per frame; anything else mixes acquisitions (e.g. rest + stress)."""
+    """One series for all frames or one series per frame; anything else mixes acquisitions (rest + stress)."""
     series = [{slices[i].tags[_SERIES_TAG] for i in f} for f in frames]
     all_series = set().union(*series)
-    if len(all_series) == 1 or (
-        all(len(s) == 1 for s in series) and len(all_series) == len(frames)
-    ):
+    if len(all_series) == 1 or (all(len(s) == 1 for s in series) and len(all_series) == len(frames)):
         return
     mixed = next((f for f, s in zip(frames, series) if len(s) > 1), None)
     if mixed is not None:
         a = slices[mixed[0]]
         b = next(slices[i] for i in mixed if slices[i].tags[_SERIES_TAG] != a.tags[_SERIES_TAG])
-        detail = f"one frame holds files of two series ({_rel(a, dicom_dir)}, {_rel(b, dicom_dir)})"
+        detail = "one frame holds files of two series"
     else:
-        seen: dict[str | None, int] = {}
-        for k, s in enumerate(series):
-            (uid,) = s
-            if uid in seen:
-                a, b = slices[frames[seen[uid]][0]], slices[frames[k][0]]
-                break
-            seen[uid] = k
-        detail = f"one series holds several frames besides other series ({_rel(a, dicom_dir)}, {_rel(b, dicom_dir)})"
+        uids = [slices[f[0]].tags[_SERIES_TAG] for f in frames]
+        repeated = next(u for u, n in Counter(uids).items() if n > 1)
+        ka, kb = [k for k, u in enumerate(uids) if u == repeated][:2]
+        a, b = slices[frames[ka][0]], slices[frames[kb][0]]
+        detail = "one series holds several frames besides other series"
     raise PatientInputError(
         f"{dicom_dir}: mixed series that cannot be separated: {len(all_series)} series for "
-        f"{len(frames)} frames; {detail}"
+        f"{len(frames)} frames; {detail} ({_rel(a, dicom_dir)}, {_rel(b, dicom_dir)})"
     )
 
 
 def _check_complete(
-    slices: list[_Slice], labels: np.ndarray, frames: list[list[int]], times_s: list[float], dicom_dir: Path
+    slices: list[_Slice],
+    labels: np.ndarray,
+    frames: list[list[int]],
+    times_s: list[float],
+    dicom_dir: Path,
 ) -> None:
     """Every frame holds the same slice positions as the most common frame."""
     sets = [frozenset(labels[f].tolist()) for f in frames]
@@ -507,7 +540,8 @@ def _check_complete(
     for k, (s, f) in enumerate(zip(sets, frames)):
         if s == reference:
             continue
-        where = f"frame {k + 1} of {len(frames)} (t = {times_s[k]:.2f} s, e.g. {_rel(slices[f[0]], dicom_dir)})"
+        example = _rel(slices[f[0]], dicom_dir)
+        where = f"frame {k + 1} of {len(frames)} (t = {times_s[k]:.2f} s, e.g. {example})"
         extra = len(s - reference)
         if extra == 0:
             raise PatientInputError(
@@ -524,16 +558,16 @@ def _check_temporal_order(
     dicom_dir: Path,
 ) -> None:
     """Where frames carry TemporalPositionIdentifier, its order must agree with the time order."""
-    per_frame = [{slices[i].tags[_TPI_TAG] for i in f} for f in frames]
+    per_frame = [{_optional_float(slices[i].tags[_TPI_TAG]) for i in f} for f in frames]
     if any(len(v) != 1 or None in v for v in per_frame):
         return
-    tpi = [int(float(next(iter(v)))) for v in per_frame]
+    tpi = [int(next(iter(v))) for v in per_frame]
     for k in range(len(tpi) - 1):
         if tpi[k + 1] < tpi[k]:
             raise PatientInputError(
-                f"{dicom_dir}: non-monotonic frame times: {_TPI_TAG} {tpi[k + 1]} is at "
-                f"{times_s[k + 1]:.2f} s but {_TPI_TAG} {tpi[k]} at {times_s[k]:.2f} s ({timing_tag}, "
-                f"e.g. {_rel(slices[frames[k + 1][0]], dicom_dir)})"
+                f"{dicom_dir}: non-monotonic frame times: {_TPI_TAG} {tpi[k]} is at {times_s[k]:.2f} s, "
+                f"before {_TPI_TAG} {tpi[k + 1]} at {times_s[k + 1]:.2f} s by {timing_tag} "
+                f"(e.g. {_rel(slices[frames[k][0]], dicom_dir)})"
             )
 
 

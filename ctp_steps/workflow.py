@@ -64,3 +64,30 @@ def cohort_patients(cfg: PipelineConfig) -> list[ManifestPatient]:
             )
         return synthetic_patients(cfg)
     return manifest_patients(validate_manifest(cfg.manifest, cfg.covariates))
+
+
+# Per-patient stages after conversion, in chain order, with their key in config `stages`.
+ANALYSIS_STAGES = {
+    "segment_frames": "segment_frames",
+    "register": "registration",
+    "segment_myocardium": "segment_myocardium",
+    "landmarks": "landmarks",
+}
+
+
+def analysis_rule_files(cfg: PipelineConfig) -> list[str]:
+    """The .smk file of each configured stage implementation, in chain order.
+
+    An oracle stage needs the phantom's truth: on a user manifest the chain is
+    cut before the first one (the rows then end at the last real stage).
+    """
+    files = []
+    for stage, key in ANALYSIS_STAGES.items():
+        implementation = getattr(cfg.stages, key)
+        if implementation == "oracle":
+            if not cfg.uses_synthetic_cohort:
+                break
+            files.append(f"rules/oracle/{stage}.smk")
+        else:  # the stage's .smk picks the method (e.g. register: learned|simpleitk|none)
+            files.append(f"rules/{stage}.smk")
+    return files

@@ -10,7 +10,7 @@ rule gather_patients:
     output:
         f"{RESULTS}/cohort/patients.parquet",
     params:
-        stages=PATIENT_STAGES,
+        stages=lambda wc: PATIENT_STAGES,
         covariates=CFG.covariates,
         config_hash=CONFIG_HASH,
         code=stage_fingerprint("cohort.py", "manifest.py", "commands/cohort.py"),

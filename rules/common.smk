@@ -27,3 +27,17 @@ def per_patient(pattern: str) -> list[str]:
 
 def manifest_path() -> str:
     return CFG.manifest or f"{SYNTHETIC_DIR}/manifest.csv"
+
+
+def previous_stage_status() -> str:
+    """Status file of the stage included just before the caller (call before appending yourself).
+
+    Each stage checks only its predecessor: exclusions propagate along the chain.
+    """
+    return f"{PATIENT_DIR}/{PATIENT_STAGES[-1]}.status.json"
+
+
+# Deep-learning rules request a GPU only when the pipeline runs on CUDA.
+GPUS = 1 if CFG.device == "cuda" else 0
+# Training targets (rules/train/*.smk append their outputs); `snakemake train` builds them.
+TRAIN_TARGETS: list[str] = []

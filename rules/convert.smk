@@ -1,8 +1,5 @@
 # DICOM folder → 4D NIfTI in HU + frames.json, or a per-patient exclusion reason.
 
-PATIENT_STAGES.append("convert")
-
-
 rule convert:
     input:
         dicom=lambda wc: DICOM_DIRS[(wc.center, wc.patient)],
@@ -26,3 +23,6 @@ rule convert:
         "{PY} -m ctp_steps convert --dicom-dir {input.dicom:q} --series {output.series:q}"
         " --frames {output.frames:q} --status {output.status:q} --min-frames {params.min_frames}"
         " > {log:q} 2>&1"
+
+
+PATIENT_STAGES.append("convert")
