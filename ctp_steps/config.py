@@ -139,7 +139,7 @@ def config_hash(cfg: PipelineConfig) -> str:
 
 def json_schema() -> dict:
     """JSON schema of the config, for Snakemake's `validate` and for users' editors."""
-    return PipelineConfig.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **PipelineConfig.model_json_schema()}
 
 
 def schema_path(repo_root: str | Path) -> Path:

@@ -91,7 +91,7 @@ def oracle_register(series_path: Path, truth_dir: Path, out_dir: Path) -> dict:
     from ctp_steps.phantom import displacement_field_mm
 
     series, geometry = read_series(series_path)
-    motion = read_json(truth_dir / "truth.json")["motion"]
+    motion = read_json(truth_dir / "truth.json")["motion"]["frames"]
     registered = np.stack(
         [
             undo_motion(frame, displacement_field_mm(m, geometry, frame.shape), geometry)

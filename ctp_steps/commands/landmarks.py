@@ -1,0 +1,166 @@
+"""Subcommands of the landmark stage: per-patient detection + AHA map, training data, training, shipping, validation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from ctp_steps.cli import run_patient_stage
+
+log = logging.getLogger("ctp_steps")
+
+
+def _config(text: str | None):
+    from ctp_steps.landmarks.config import LandmarkConfig
+
+    return LandmarkConfig.model_validate_json(text) if text else LandmarkConfig()
+
+
+def _training_config(text: str | None):
+    from ctp_steps.landmarks.config import LandmarkTrainingConfig
+
+    return LandmarkTrainingConfig.model_validate_json(text) if text else LandmarkTrainingConfig()
+
+
+def _landmarks(args: argparse.Namespace) -> None:
+    out_json, out_aha, status = Path(args.landmarks), Path(args.aha), Path(args.status)
+    out_png = Path(args.png) if args.png else None
+
+    def work() -> dict:
+        from ctp_steps.landmarks.stage import run_landmarks
+        from ctp_steps.models import MANIFEST, verified_weights
+
+        manifest = Path(args.manifest) if args.manifest else MANIFEST
+        weights = verified_weights(args.model, manifest)
+        return run_landmarks(
+            Path(args.average), Path(args.myocardium), weights, _config(args.config_json), args.device,
+            out_json, out_aha, out_png, title=args.title or "",
+        )
+
+    outputs = [out_json, out_aha] + ([out_png] if out_png else [])
+    run_patient_stage("landmarks", status, outputs, [Path(u) for u in args.upstream], work)
+
+
+def _data(args: argparse.Namespace) -> None:
+    import torch
+
+    from ctp_steps.landmarks.data import make_cases, save_cases
+
+    torch.set_num_threads(args.threads)
+    cfg = _training_config(args.config_json)
+    n = cfg.train_patients if args.role == "train" else cfg.val_patients
+    grids = cfg.grids if args.role == "train" else cfg.grids[:1]
+    save_cases(args.out, make_cases(n, args.role, cfg.seed, grids, args.apex_cap_fraction))
+
+
+def _train(args: argparse.Namespace) -> None:
+    import torch
+
+    from ctp_steps.io import write_json
+    from ctp_steps.landmarks.data import load_cases
+    from ctp_steps.landmarks.infer import LandmarkDetector, resolve_device
+    from ctp_steps.landmarks.net import save_checkpoint
+    from ctp_steps.landmarks.train import evaluate, train
+
+    cfg = _training_config(args.config_json)
+    torch.set_num_threads(cfg.threads)
+    device = resolve_device(args.device)
+    train_cases, val_cases = load_cases(args.train), load_cases(args.val)
+    net, meta = train(cfg, train_cases, val_cases, device, steps=args.steps)
+    final = evaluate(LandmarkDetector(net, meta, device), val_cases, args.apex_cap_fraction).summary()
+    meta["validation"] = final
+    meta["training_config"] = json.loads(cfg.model_dump_json())
+    save_checkpoint(args.out, net, meta)
+    write_json(args.metrics, {"validation": final, "training": meta["training"], "config": meta["training_config"]})
+    log.info("validation (best weights): %s", final)
+
+
+def _ship(args: argparse.Namespace) -> None:
+    import shutil
+
+    from ctp_steps.io import read_json
+    from ctp_steps.landmarks.net import load_checkpoint
+    from ctp_steps.models import MODELS_DIR, register_model
+
+    net, meta = load_checkpoint(args.weights)
+    dest = MODELS_DIR / f"{args.name}.pt"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(args.weights, dest)
+    metrics = read_json(args.metrics) if args.metrics else {}
+    training = metrics.get("training", meta.get("training", {}))
+    info = {
+        "architecture": "LandmarkNet (ctp_steps.landmarks.net): the study's landmark heatmap net, spatial-softmax heatmaps",
+        "constructor": dict(net.kwargs),
+        "parameters": int(sum(p.numel() for p in net.parameters())),
+        "dtype": "float16 weights (loaded as float32)",
+        "preprocessing": {k: meta[k] for k in ("landmarks", "crop_size", "crop_margin_mm", "input_mask",
+                                              "heatmap_sigma_vox", "decode_radius_vox", "input_channels")},
+        "training_command": "snakemake --cores 2 train; python -m ctp_steps landmarks-ship "
+        "--weights results/training/landmark_net/landmark_net.pt --metrics results/training/landmark_net/metrics.json",
+        "data": "phantom patients, roles train/validation (seeds disjoint from the cohort), motion-free frame averages; "
+        + json.dumps({k: meta.get("training_config", {}).get(k) for k in ("train_patients", "val_patients", "seed", "grids")}),
+        "validation": metrics.get("validation", meta.get("validation", {})),
+        "training": {k: training.get(k) for k in ("train_seconds", "steps", "best_step", "loss_first", "loss_last", "device")},
+    }
+    entry = register_model(args.name, dest, info)
+    print(json.dumps(entry, indent=2))
+
+
+def _validate(args: argparse.Namespace) -> None:
+    from ctp_steps.landmarks.validation import landmark_metrics
+    from ctp_steps.validate import write_metrics
+
+    rows = landmark_metrics(Path(args.truth_dir), Path(args.landmarks), Path(args.aha), Path(args.status))
+    write_metrics(rows, Path(args.out))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("landmarks", help="LV landmarks (heatmap net) and the AHA 17-segment map of one patient")
+    p.add_argument("--average", required=True, help="registered average image (NIfTI)")
+    p.add_argument("--myocardium", required=True, help="myocardium mask on the average's grid (NIfTI)")
+    p.add_argument("--upstream", action="append", default=[], help="status file of the previous stage")
+    p.add_argument("--landmarks", required=True, help="output landmarks.json")
+    p.add_argument("--aha", required=True, help="output aha17.nii.gz")
+    p.add_argument("--png", help="output QC figure")
+    p.add_argument("--status", required=True)
+    p.add_argument("--model", default="landmark_net", help="model name in the manifest")
+    p.add_argument("--manifest", help="models manifest (default: the shipped models/manifest.json)")
+    p.add_argument("--config-json", help="LandmarkConfig as JSON (default: its defaults)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--title", help="figure title")
+    p.set_defaults(func=_landmarks)
+
+    p = sub.add_parser("landmarks-data", help="phantom cases for landmark-net training or validation (.npz)")
+    p.add_argument("--role", required=True, choices=["train", "validation"])
+    p.add_argument("--config-json", help="LandmarkTrainingConfig as JSON")
+    p.add_argument("--apex-cap-fraction", type=float, default=0.1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_data)
+
+    p = sub.add_parser("landmarks-train", help="train the landmark net on phantom cases")
+    p.add_argument("--train", required=True, help="training cases (.npz from landmarks-data)")
+    p.add_argument("--val", required=True, help="validation cases (.npz)")
+    p.add_argument("--config-json", help="LandmarkTrainingConfig as JSON")
+    p.add_argument("--apex-cap-fraction", type=float, default=0.1)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--steps", type=int, help="override the configured number of steps")
+    p.add_argument("--out", required=True, help="checkpoint (.pt)")
+    p.add_argument("--metrics", required=True, help="validation + training record (.json)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("landmarks-ship", help="copy trained landmark weights to models/ and register them")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--metrics", help="metrics.json of the training run")
+    p.add_argument("--name", default="landmark_net")
+    p.set_defaults(func=_ship)
+
+    p = sub.add_parser("validate-landmarks", help="landmark errors and segment agreement vs the phantom truth")
+    p.add_argument("--truth-dir", required=True)
+    p.add_argument("--landmarks", required=True)
+    p.add_argument("--aha", required=True)
+    p.add_argument("--status", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_validate)
