@@ -7,7 +7,12 @@ from pathlib import Path
 from snakemake.utils import min_version, validate
 
 from ctp_steps.config import config_hash, load_config
-from ctp_steps.workflow import analysis_rule_files, cohort_patients, stage_fingerprint
+from ctp_steps.workflow import (
+    analysis_rule_files,
+    cohort_patients,
+    print_run_summary,
+    stage_fingerprint,
+)
 
 min_version("9.0")
 
@@ -37,6 +42,7 @@ for rule_file in analysis_rule_files(CFG):
 
 
 include: "rules/cohort.smk"
+include: "rules/risk.smk"
 include: "rules/validate.smk"
 
 
@@ -53,4 +59,9 @@ rule train:
 rule all:
     input:
         f"{RESULTS}/cohort/patients.parquet",
+        rules.risk.output,
     default_target: True
+
+
+onsuccess:
+    print_run_summary(Path(RESULTS))

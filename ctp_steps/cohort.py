@@ -35,6 +35,14 @@ PATIENT_COLUMNS: list[pa.Field] = [
     pa.field("register_source", pa.string()),
     pa.field("segment_myocardium_source", pa.string()),
     pa.field("landmarks_source", pa.string()),
+    # MBF in mL/100mL/min; IMV in mL and % of LV myocardium (null until those stages run).
+    pa.field("myocardium_ml", pa.float64()),
+    pa.field("mbf_global", pa.float64()),
+    pa.field("mbf_lad", pa.float64()),
+    pa.field("mbf_rca", pa.float64()),
+    pa.field("mbf_lcx", pa.float64()),
+    pa.field("imv_ml", pa.float64()),
+    pa.field("imv_pct", pa.float64()),
     pa.field("followup_days", pa.float64()),
     pa.field("event", pa.int8()),
 ]

@@ -18,6 +18,7 @@ from ctp_steps.landmarks.config import LandmarkConfig
 from ctp_steps.phantom.outcomes import OutcomeParams
 from ctp_steps.phantom.params import PhantomParams
 from ctp_steps.registration.config import RegistrationConfig
+from ctp_steps.risk import RiskConfig
 from ctp_steps.segmentation.config import SegmentationConfig
 from ctp_steps.types import ID_PATTERN
 
@@ -103,6 +104,7 @@ class PipelineConfig(Strict):
     segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
     registration: RegistrationConfig = Field(default_factory=RegistrationConfig)
     landmarks: LandmarkConfig = Field(default_factory=LandmarkConfig)
+    risk: RiskConfig = Field(default_factory=RiskConfig)
 
     @model_validator(mode="after")
     def _covariates_unique(self) -> "PipelineConfig":

@@ -46,10 +46,13 @@ MULTIVARIABLE = "multivariable"
 STRATIFIED = "multivariable_center_strata"
 GAIN = "multivariable_minus_clinical"
 
-COX_COLUMNS = ["model", "term", "coef", "se", "hr", "hr_lower", "hr_upper", "z", "p", "n", "events", "penalizer", "note"]
+COX_COLUMNS = [
+    "model", "term", "coef", "se", "hr", "hr_lower", "hr_upper", "z", "p", "n", "events", "penalizer", "note",
+]
 CONCORDANCE_COLUMNS = ["model", "c_index", "c_lower", "c_upper", "n", "events", "bootstrap", "note"]
 PH_COLUMNS = ["model", "term", "test_statistic", "p", "n", "events", "note"]
 KM_COLUMNS = ["group", "n", "events"]
+NOTE_SEP = "; "  # joins the notes of a row; no single note contains it
 
 
 class RiskConfig(BaseModel):
@@ -57,7 +60,9 @@ class RiskConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    marker: str = Field("imv_pct", min_length=1, description="Column of patients.parquet holding the prognostic marker.")
+    marker: str = Field(
+        "imv_pct", min_length=1, description="Column of patients.parquet holding the prognostic marker."
+    )
     marker_unit: float = Field(
         10.0, gt=0, description="Marker hazard ratios are per this many units (IMV%: per 10 percentage points)."
     )
@@ -75,13 +80,13 @@ class RiskConfig(BaseModel):
     stratify_by_center: bool = Field(
         False, description="Also fit the multivariable model with one baseline hazard per center (strata)."
     )
-    bootstrap: int = Field(200, ge=0, description="Bootstrap resamples of the C-index CIs; 0: point estimates only.")
+    bootstrap: int = Field(200, ge=0, description="Bootstrap resamples of the C-index CIs; 0: no CIs.")
     seed: int = Field(0, ge=0, description="Seed of the bootstrap resampling.")
     alpha: float = Field(
         0.05, gt=0, lt=1, description="CIs are at level 1 - alpha; PH-test p-values below alpha are flagged."
     )
     min_events_per_variable: float = Field(
-        10.0, ge=0, description="Fewer events per model term than this: a warning in the report; the model is still fit."
+        10.0, ge=0, description="Fewer events per model term than this: a warning in the report; still fit."
     )
     penalizer: float = Field(0.0, ge=0, description="Ridge penalizer of every Cox fit (lifelines `penalizer`).")
     retry_penalizer: float = Field(
@@ -176,8 +181,8 @@ class RiskSummary:
             else self.hr_note
         )
         if math.isfinite(self.c_index):
-            ci = f" ({self.ci_level} CI {self.c_lower:.3f}-{self.c_upper:.3f})" if math.isfinite(self.c_lower) else ""
-            c = f"{self.c_index:.3f}{ci}"
+            ci = f" ({self.ci_level} CI {self.c_lower:.3f}-{self.c_upper:.3f})"
+            c = f"{self.c_index:.3f}{ci if math.isfinite(self.c_lower) else ''}"
         else:
             c = "not estimated"
         return "\n".join(
@@ -191,7 +196,9 @@ class RiskSummary:
         )
 
 
-def run_risk_analysis(patients: pd.DataFrame, covariates: list[str], cfg: RiskConfig, out_dir: Path) -> RiskSummary:
+def run_risk_analysis(
+    patients: pd.DataFrame, covariates: list[str], cfg: RiskConfig, out_dir: Path
+) -> RiskSummary:
     """Fit every model, write the tables, figures and report under out_dir; return the headline numbers."""
     covs = list(cfg.covariates if cfg.covariates is not None else covariates)
     if cfg.marker in covs:
@@ -272,16 +279,17 @@ def _require_columns(table: pd.DataFrame, columns: Sequence[str]) -> None:
 
 def fit_models(frame: pd.DataFrame, covariates: list[str], cfg: RiskConfig) -> list[ModelFit]:
     """All configured Cox models on the usable patients, each on its own complete cases."""
-    m, unit = cfg.marker, f"{cfg.marker_unit:g}"
+    per_unit = f"{cfg.marker} per {cfg.marker_unit:g}"
+    adjusted = [*covariates, cfg.marker_term]
     fits = [
-        fit_cox(UNIVARIABLE, f"{m} per {unit}, unadjusted", frame, [cfg.marker_term], [], cfg),
+        fit_cox(UNIVARIABLE, f"{per_unit}, unadjusted", frame, [cfg.marker_term], [], cfg),
         fit_groups(frame, cfg),
         fit_cox(CLINICAL, "clinical covariates only", frame, covariates, [], cfg),
-        fit_cox(MULTIVARIABLE, f"clinical covariates + {m} per {unit}", frame, [*covariates, cfg.marker_term], [], cfg),
+        fit_cox(MULTIVARIABLE, f"clinical covariates + {per_unit}", frame, adjusted, [], cfg),
     ]
     if cfg.stratify_by_center:
-        description = f"clinical covariates + {m} per {unit}, stratified by center"
-        fits.append(fit_cox(STRATIFIED, description, frame, [*covariates, cfg.marker_term], [CENTER], cfg))
+        description = f"clinical covariates + {per_unit}, stratified by center"
+        fits.append(fit_cox(STRATIFIED, description, frame, adjusted, [CENTER], cfg))
     return fits
 
 
@@ -303,7 +311,8 @@ def fit_cox(
     fit; a failed fit is retried once with `retry_penalizer`, then recorded as a failure.
     """
     columns = [*terms, *strata]
-    missing = {c: int(frame[c].isna().sum()) for c in columns if frame[c].isna().any()}
+    source = {cfg.marker_term: cfg.marker}  # report the patients table's column, not the scaled term
+    missing = {source.get(c, c): int(frame[c].isna().sum()) for c in columns if frame[c].isna().any()}
     data = frame.dropna(subset=columns)
     n, events = len(data), int(data[EVENT].sum())
     term_notes: dict[str, str] = {}
@@ -324,15 +333,16 @@ def fit_cox(
         epv = events / len(kept)
         if epv < cfg.min_events_per_variable:
             notes.append(
-                f"{events} events for {len(kept)} term{'s' if len(kept) > 1 else ''} "
-                f"({epv:.1f} events per variable, below {cfg.min_events_per_variable:g}); estimates may be unstable"
+                f"{events} events for {len(kept)} term{'s' if len(kept) > 1 else ''} ({epv:.1f} events per "
+                f"variable, below {cfg.min_events_per_variable:g}), estimates may be unstable"
             )
-        fitter, penalizer, fit_notes, failure = _fit_with_retry(data[[*kept, *strata, DURATION, EVENT]], strata, cfg)
+        fit_data = data[[*kept, *strata, DURATION, EVENT]]
+        fitter, penalizer, fit_notes, failure = _fit_with_retry(fit_data, strata, cfg)
         notes += fit_notes
     rows = []
     summary = fitter.summary if fitter is not None else None
     for term in terms:
-        note = "; ".join(filter(None, [*notes, term_notes.get(term, failure)]))
+        note = NOTE_SEP.join(filter(None, [*notes, term_notes.get(term, failure)]))
         if summary is not None and term in summary.index:
             rows.append(_estimate_row(name, term, summary.loc[term], n, events, penalizer, note))
         else:
@@ -375,10 +385,13 @@ def _fit_with_retry(
             fit_warnings.insert(0, f"{retry}: {errors[0]}")
         return fitter, penalizer, fit_warnings, None
     tried = " and ".join(f"{p:g}" for p in penalizers)
-    return None, math.nan, [], f"not estimated: fit failed with penalizer {tried} ({'; '.join(dict.fromkeys(errors))})"
+    why = " / ".join(dict.fromkeys(errors))
+    return None, math.nan, [], f"not estimated: fit failed with penalizer {tried} ({why})"
 
 
-def _fit_once(data: pd.DataFrame, strata: list[str], penalizer: float, alpha: float) -> tuple[CoxPHFitter, list[str]]:
+def _fit_once(
+    data: pd.DataFrame, strata: list[str], penalizer: float, alpha: float
+) -> tuple[CoxPHFitter, list[str]]:
     """One lifelines fit; its convergence warnings become notes, other warnings pass through."""
     from lifelines import CoxPHFitter
     from lifelines.exceptions import ConvergenceWarning
@@ -427,9 +440,11 @@ def _empty_row(model: str, term: str, n: int, events: int, note: str, **numbers:
 
 
 def marker_groups(values: Sequence[float] | np.ndarray | pd.Series, cuts: Sequence[float]) -> np.ndarray:
-    """Group index of each value: 0 for x <= c0, 1 for c0 < x < c1, i for c(i-1) <= x < c(i), k for x >= ck; -1 if missing.
+    """Group index per value for cuts c0 < ... < ck; -1 where the value is missing.
 
-    The first group is closed above so that with c0 = 0 it is exactly 'no ischemia' (IMV% == 0).
+    0: x <= c0; 1: c0 < x < c1; i (2 <= i < k+1): c(i-1) <= x < c(i); k: x >= ck
+    (k = 1: x > c0). The first group is closed above so that with c0 = 0 it is exactly
+    'no ischemia' (IMV% == 0).
     """
     x = np.asarray(values, dtype=float)
     codes = np.where(x <= cuts[0], 0, np.searchsorted(np.asarray(cuts, dtype=float), x, side="right"))
@@ -494,8 +509,9 @@ def fit_groups(frame: pd.DataFrame, cfg: RiskConfig) -> ModelFit:
     ]
     description = f"{marker} groups vs {labels[0] if labels else 'the lowest group'}, unadjusted"
     if failure is not None:
-        note = "; ".join([*(m for ms in merge_notes.values() for m in ms), failure])
-        rows = pd.DataFrame([_empty_row(GROUPS, f"{marker} groups", n, events, note), *omitted], columns=COX_COLUMNS)
+        note = NOTE_SEP.join([*(m for ms in merge_notes.values() for m in ms), failure])
+        failed = _empty_row(GROUPS, f"{marker} groups", n, events, note)
+        rows = pd.DataFrame([failed, *omitted], columns=COX_COLUMNS)
         return ModelFit(GROUPS, description, rows, n, events, missing, (), failure, None, None)
     dummies = frame.copy()
     for label, block in zip(labels[1:], blocks[1:]):
@@ -503,12 +519,13 @@ def fit_groups(frame: pd.DataFrame, cfg: RiskConfig) -> ModelFit:
     fit = fit_cox(GROUPS, description, dummies, labels[1:], [], cfg)
     extra = {label: merge_notes.get(block[0], []) for label, block in zip(labels, blocks)}
     if fit.failure is None:
-        reference_note = "; ".join(["reference group", *fit.notes, *extra[labels[0]]])
+        reference_note = NOTE_SEP.join(["reference group", *fit.notes, *extra[labels[0]]])
         reference = _empty_row(GROUPS, labels[0], n, events, reference_note, coef=0.0, hr=1.0)
     else:
-        reference = _empty_row(GROUPS, labels[0], n, events, f"reference group; {fit.failure}")
+        reference = _empty_row(GROUPS, labels[0], n, events, NOTE_SEP.join(["reference group", fit.failure]))
     estimated = [
-        {**r, "note": "; ".join(filter(None, [r["note"], *extra[r["term"]]]))} for r in fit.rows.to_dict("records")
+        {**r, "note": NOTE_SEP.join(filter(None, [r["note"], *extra[r["term"]]]))}
+        for r in fit.rows.to_dict("records")
     ]
     rows = pd.DataFrame([reference, *estimated, *omitted], columns=COX_COLUMNS)
     return ModelFit(GROUPS, description, rows, n, events, missing, fit.notes, fit.failure, fit.fitter, fit.data)
@@ -535,6 +552,16 @@ def harrell_c(durations: np.ndarray, lp: np.ndarray, events: np.ndarray) -> floa
     return float(concordance_index(durations, -lp, events))
 
 
+def c_indices(
+    durations: np.ndarray, lps: list[np.ndarray], events: np.ndarray, idx: np.ndarray
+) -> list[float] | None:
+    """Harrell's C of each score on the patients idx; None when no pair is comparable (no event)."""
+    try:
+        return [harrell_c(durations[idx], lp[idx], events[idx]) for lp in lps]
+    except ZeroDivisionError:  # lifelines: "No admissable pairs in the dataset."
+        return None
+
+
 def bootstrap_c(
     durations: np.ndarray, lps: list[np.ndarray], events: np.ndarray, n_boot: int, rng: np.random.Generator
 ) -> np.ndarray:
@@ -542,59 +569,65 @@ def bootstrap_c(
 
     The scores are held fixed (apparent C): the interval shows sampling variation of C
     for these models, not the optimism of refitting. Resamples without a comparable
-    pair (no event) are skipped.
+    pair are skipped; the table says how many were kept.
     """
     n = len(durations)
-    kept = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        try:
-            kept.append([harrell_c(durations[idx], lp[idx], events[idx]) for lp in lps])
-        except ZeroDivisionError:  # lifelines: "No admissable pairs in the dataset."
-            continue
+    draws = (c_indices(durations, lps, events, rng.integers(0, n, n)) for _ in range(n_boot))
+    kept = [d for d in draws if d is not None]
     return np.asarray(kept, dtype=float).reshape(len(kept), len(lps))
 
 
 def concordance_table(fits: list[ModelFit], cfg: RiskConfig) -> pd.DataFrame:
-    """Harrell's C per model with bootstrap percentile CI, and the C gain of the marker on the same patients."""
-    rows = []
-    for i, fit in enumerate(fits):
-        if fit.fitter is None:
-            rows.append(_c_row(fit.name, math.nan, np.empty((0, 1)), fit.n, fit.events, cfg, fit.failure or ""))
-            continue
-        t, e = fit.data[DURATION].to_numpy(), fit.data[EVENT].to_numpy()
-        lp = linear_predictor(fit.fitter, fit.data)
-        boot = bootstrap_c(t, [lp], e, cfg.bootstrap, np.random.default_rng([cfg.seed, i]))
-        rows.append(_c_row(fit.name, harrell_c(t, lp, e), boot, fit.n, fit.events, cfg, ""))
-    rows.append(_gain_row({f.name: f for f in fits}, cfg, len(fits)))
+    """Harrell's C per model with bootstrap percentile CI, and the marker's C gain on the same patients."""
+    by_name = {f.name: f for f in fits}
+    rows = [concordance_row(f.name, [f], cfg, stream=i) for i, f in enumerate(fits)]
+    rows.append(concordance_row(GAIN, [by_name[MULTIVARIABLE], by_name[CLINICAL]], cfg, stream=len(fits)))
     return pd.DataFrame(rows, columns=CONCORDANCE_COLUMNS)
 
 
-def _gain_row(fits: dict[str, ModelFit], cfg: RiskConfig, stream: int) -> dict:
-    """C(multivariable) - C(clinical), both scored on the multivariable model's patients."""
-    multi, clinical = fits[MULTIVARIABLE], fits[CLINICAL]
-    if multi.fitter is None or clinical.fitter is None:
-        failed = [f"{f.name} {f.failure}" for f in (multi, clinical) if f.fitter is None]
-        return _c_row(GAIN, math.nan, np.empty((0, 1)), multi.n, multi.events, cfg, "; ".join(failed))
-    data = multi.data
-    t, e = data[DURATION].to_numpy(), data[EVENT].to_numpy()
-    lp_multi, lp_clinical = linear_predictor(multi.fitter, data), linear_predictor(clinical.fitter, data)
-    boot = bootstrap_c(t, [lp_multi, lp_clinical], e, cfg.bootstrap, np.random.default_rng([cfg.seed, stream]))
-    gain = harrell_c(t, lp_multi, e) - harrell_c(t, lp_clinical, e)
-    return _c_row(GAIN, gain, boot[:, :1] - boot[:, 1:], multi.n, multi.events, cfg, "")
+def concordance_row(name: str, models: list[ModelFit], cfg: RiskConfig, stream: int) -> dict:
+    """C of one model, or C(first) - C(second) of two, scored on the first model's patients.
+
+    Both scores of a difference are evaluated on the same resamples (paired bootstrap).
+    """
+    first = models[0]
+    failed = [m for m in models if m.fitter is None]
+    if failed:
+        note = NOTE_SEP.join(m.failure if len(models) == 1 else f"{m.name} {m.failure}" for m in failed)
+        return _c_row(name, math.nan, math.nan, math.nan, 0, first.n, first.events, note)
+    t, e = first.data[DURATION].to_numpy(), first.data[EVENT].to_numpy()
+    lps = [linear_predictor(m.fitter, first.data) for m in models]
+    whole = c_indices(t, lps, e, np.arange(len(t)))
+    if whole is None:
+        note = "not estimated: no comparable pair of patients"
+        return _c_row(name, math.nan, math.nan, math.nan, 0, first.n, first.events, note)
+    boot = bootstrap_c(t, lps, e, cfg.bootstrap, np.random.default_rng([cfg.seed, stream]))
+    stat = boot[:, 0] - boot[:, 1] if len(models) == 2 else boot[:, 0]
+    c = whole[0] - whole[1] if len(models) == 2 else whole[0]
+    if len(stat) >= 2:
+        lower, upper = (float(q) for q in np.quantile(stat, [cfg.alpha / 2, 1 - cfg.alpha / 2]))
+        return _c_row(name, c, lower, upper, len(stat), first.n, first.events, "")
+    note = (
+        "no bootstrap CI: bootstrap disabled"
+        if cfg.bootstrap == 0
+        else f"no bootstrap CI: {len(stat)} of {cfg.bootstrap} resamples had a comparable pair"
+    )
+    return _c_row(name, c, math.nan, math.nan, len(stat), first.n, first.events, note)
 
 
-def _c_row(model: str, c: float, boot: np.ndarray, n: int, events: int, cfg: RiskConfig, note: str) -> dict:
-    lower = upper = math.nan
-    if math.isfinite(c):
-        if len(boot) >= 2:
-            lower, upper = (float(q) for q in np.quantile(boot[:, 0], [cfg.alpha / 2, 1 - cfg.alpha / 2]))
-        else:
-            note = "no bootstrap CI: bootstrap disabled" if cfg.bootstrap == 0 else (
-                f"no bootstrap CI: {len(boot)} of {cfg.bootstrap} resamples had a comparable pair"
-            )
-    return {"model": model, "c_index": c, "c_lower": lower, "c_upper": upper, "n": n, "events": events,
-            "bootstrap": len(boot), "note": note}
+def _c_row(
+    model: str, c: float, lower: float, upper: float, resamples: int, n: int, events: int, note: str
+) -> dict:
+    return {
+        "model": model,
+        "c_index": c,
+        "c_lower": lower,
+        "c_upper": upper,
+        "n": n,
+        "events": events,
+        "bootstrap": resamples,
+        "note": note,
+    }
 
 
 def ph_table(fits: list[ModelFit], cfg: RiskConfig) -> pd.DataFrame:
@@ -606,17 +639,17 @@ def ph_table(fits: list[ModelFit], cfg: RiskConfig) -> pd.DataFrame:
         base = {"model": fit.name, "n": fit.n, "events": fit.events}
         if fit.fitter is None:
             for term in fit.rows.loc[~fit.rows["note"].str.startswith("omitted"), "term"]:
-                rows.append({**base, "term": term, "test_statistic": math.nan, "p": math.nan,
-                             "note": f"not tested: {fit.failure}"})
+                note = f"not tested: {fit.failure}"
+                rows.append({**base, "term": term, "test_statistic": math.nan, "p": math.nan, "note": note})
             continue
         columns = [*fit.fitter.params_.index, *fit.strata, DURATION, EVENT]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 on tiny samples; reported as a note below
             result = proportional_hazard_test(fit.fitter, fit.data[columns], time_transform="rank").summary
         for term, r in result.iterrows():
-            finite = math.isfinite(r["test_statistic"]) and math.isfinite(r["p"])
-            rows.append({**base, "term": str(term), "test_statistic": float(r["test_statistic"]), "p": float(r["p"]),
-                         "note": "" if finite else "not estimable: too few events to test this term"})
+            statistic, p = float(r["test_statistic"]), float(r["p"])
+            note = "" if math.isfinite(statistic) and math.isfinite(p) else "not estimable: too few events"
+            rows.append({**base, "term": str(term), "test_statistic": statistic, "p": p, "note": note})
     return pd.DataFrame(rows, columns=PH_COLUMNS)
 
 
@@ -673,7 +706,8 @@ def plot_km(path: Path, frame: pd.DataFrame, cfg: RiskConfig, logrank: dict) -> 
         add_at_risk_counts(*fitters, ax=ax, fig=fig, rows_to_show=["At risk", "Events"])
     else:
         ax.text(0.5, 0.5, f"no usable patient with {cfg.marker}", ha="center", va="center", transform=ax.transAxes)
-    ax.set_title(f"MACE-free survival by {cfg.marker} group ({logrank['note'] or 'log-rank ' + _p_phrase(logrank['p'])})")
+    test = logrank["note"] or f"log-rank {_p_phrase(logrank['p'])}"
+    ax.set_title(f"MACE-free survival by {cfg.marker} group ({test})")
     ax.set_xlabel("follow-up (days)")
     ax.set_ylabel("event-free probability")
     ax.set_ylim(0, 1.02)
@@ -684,8 +718,8 @@ def plot_km(path: Path, frame: pd.DataFrame, cfg: RiskConfig, logrank: dict) -> 
 def plot_forest(path: Path, cox: pd.DataFrame, cfg: RiskConfig) -> None:
     """Hazard ratios with CIs, one line per estimated term, grouped by model, on a log axis."""
     plt = _pyplot()
-    shown = cox[np.isfinite(cox["hr_lower"]) & np.isfinite(cox["hr_upper"]) | (cox["note"].str.startswith("reference"))]
-    shown = shown[np.isfinite(shown["hr"])]
+    with_ci = np.isfinite(cox["hr_lower"]) & np.isfinite(cox["hr_upper"])
+    shown = cox[np.isfinite(cox["hr"]) & (with_ci | cox["note"].str.startswith("reference"))]
     fig, ax = plt.subplots(figsize=(9, 1.2 + 0.35 * max(len(shown), 1)))
     if len(shown):
         y = np.arange(len(shown))[::-1]
@@ -775,17 +809,19 @@ def render_report(
             f"- **{fit.name}** ({fit.description}): {fit.n} patients, {fit.events} events; "
             f"{lost} usable patient{'s' if lost != 1 else ''} excluded as incomplete"
             + (f" ({detail})" if detail else "")
-            + (f"; {fit.failure}" if fit.failure else "")
+            + "".join(f"; {note}" for note in [*fit.notes, fit.failure] if note)
         )
     lines += [
         "",
         f"| model | term | HR | {level} CI | p | n | events | note |",
         "| --- | --- | ---: | --- | ---: | ---: | ---: | --- |",
     ]
+    model_notes = {fit.name: set(fit.notes) for fit in fits}  # stated once, in the list above
     for r in cox.itertuples():
         ci = f"{_fmt(r.hr_lower)}–{_fmt(r.hr_upper)}" if math.isfinite(r.hr_lower) else "–"
+        note = NOTE_SEP.join(n for n in r.note.split(NOTE_SEP) if n not in model_notes[r.model])
         lines.append(
-            f"| {r.model} | `{r.term}` | {_fmt(r.hr)} | {ci} | {_fmt_p(r.p)} | {r.n} | {r.events} | {r.note} |"
+            f"| {r.model} | `{r.term}` | {_fmt(r.hr)} | {ci} | {_fmt_p(r.p)} | {r.n} | {r.events} | {note} |"
         )
     lines += [
         "",
@@ -793,14 +829,16 @@ def render_report(
         "",
         f"Percentile bootstrap CIs over {cfg.bootstrap} patient resamples (seed {cfg.seed}) with each model's "
         f"fitted risk score held fixed. `{GAIN}` is C({MULTIVARIABLE}) − C({CLINICAL}), both scored on the "
-        f"{MULTIVARIABLE} model's patients with paired resamples.",
+        f"{MULTIVARIABLE} model's patients with paired resamples. Scores are x·β; a stratified model's "
+        "per-center baselines are not part of its score.",
         "",
         f"| model | C-index | {level} CI | n | events | resamples | note |",
         "| --- | ---: | --- | ---: | ---: | ---: | --- |",
     ]
     for r in concordance.itertuples():
         ci = f"{_fmt(r.c_lower, 3)}–{_fmt(r.c_upper, 3)}" if math.isfinite(r.c_lower) else "–"
-        lines.append(f"| {r.model} | {_fmt(r.c_index, 3)} | {ci} | {r.n} | {r.events} | {r.bootstrap} | {r.note} |")
+        c = _fmt(r.c_index, 3)
+        lines.append(f"| {r.model} | {c} | {ci} | {r.n} | {r.events} | {r.bootstrap} | {r.note} |")
     lines += [
         "",
         "## Proportional hazards (lifelines `proportional_hazard_test`, rank time transform)",
@@ -809,7 +847,8 @@ def render_report(
         "| --- | --- | ---: | ---: | --- |",
     ]
     lines += [
-        f"| {r.model} | `{r.term}` | {_fmt(r.test_statistic)} | {_fmt_p(r.p)} | {r.note} |" for r in ph.itertuples()
+        f"| {r.model} | `{r.term}` | {_fmt(r.test_statistic)} | {_fmt_p(r.p)} | {r.note} |"
+        for r in ph.itertuples()
     ]
     lines += [
         "",
@@ -848,11 +887,12 @@ def report_warnings(
         warns += [f"{fit.name}: {n}" for n in fit.notes]
         if fit.failure:
             warns.append(f"{fit.name}: {fit.failure}")
+    term_changes = ("dropped", "omitted", "merged")
     for r in cox.itertuples():
-        warns += [f"{r.model}, `{r.term}`: {n}" for n in r.note.split("; ") if n.startswith(("dropped", "omitted", "merged"))]
-    flagged = ph[ph["p"] < cfg.alpha]
+        warns += [f"{r.model}, `{r.term}`: {n}" for n in r.note.split(NOTE_SEP) if n.startswith(term_changes)]
     warns += [
-        f"{r.model}: proportional hazards questionable for `{r.term}` ({_p_phrase(r.p)})" for r in flagged.itertuples()
+        f"{r.model}: proportional hazards questionable for `{r.term}` ({_p_phrase(r.p)})"
+        for r in ph[ph["p"] < cfg.alpha].itertuples()
     ]
     return list(dict.fromkeys(warns))
 
@@ -873,7 +913,7 @@ def summarize(
         hr=float(hr["hr"]),
         hr_lower=float(hr["hr_lower"]),
         hr_upper=float(hr["hr_upper"]),
-        hr_note=str(hr["note"]),
+        hr_note=str(hr["note"]).split(NOTE_SEP)[-1],  # the row's own reason comes after model-wide notes
         c_index=float(c["c_index"]),
         c_lower=float(c["c_lower"]),
         c_upper=float(c["c_upper"]),

@@ -91,3 +91,10 @@ def analysis_rule_files(cfg: PipelineConfig) -> list[str]:
         else:  # the stage's .smk picks the method (e.g. register: learned|simpleitk|none)
             files.append(f"rules/{stage}.smk")
     return files
+
+
+def print_run_summary(results_dir: Path) -> None:
+    """The main job's closing lines: cohort counts, HR of the marker, C-index, the report's path."""
+    summary = results_dir / "cohort" / "risk" / "summary.txt"
+    if summary.exists():
+        print(f"\nctp-cohort summary ({results_dir}):\n{summary.read_text()}")

@@ -1,0 +1,30 @@
+# Cohort risk models of MACE from patients.parquet (ctp_steps/risk.py).
+
+RISK_DIR = f"{RESULTS}/cohort/risk"
+
+
+rule risk:
+    input:
+        f"{RESULTS}/cohort/patients.parquet",
+    output:
+        cox=f"{RISK_DIR}/cox.parquet",
+        concordance=f"{RISK_DIR}/concordance.parquet",
+        ph=f"{RISK_DIR}/ph_test.parquet",
+        km=f"{RISK_DIR}/km.png",
+        forest=f"{RISK_DIR}/forest.png",
+        report=f"{RISK_DIR}/report.md",
+        summary=f"{RISK_DIR}/summary.txt",
+    params:
+        covariates=CFG.covariates,
+        risk=CFG.risk.model_dump_json(),
+        code=stage_fingerprint("risk.py", "commands/risk.py"),
+    log:
+        f"{LOGS}/risk.log",
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../envs/stats.yaml"
+    shell:
+        "{PY} -m ctp_steps risk --patients {input:q} --covariates {params.covariates}"
+        " --risk-json {params.risk:q} --out-dir {RISK_DIR:q} > {log:q} 2>&1"
