@@ -305,6 +305,7 @@ def _describe(skipped: Counter) -> str:
 
 
 def _signature(s: _Slice) -> dict[str, tuple]:
+    """What must be equal for slices to share one voxel grid, named for the error message."""
     return {
         "image size": (s.rows, s.cols),
         "pixel spacing": tuple(round(v, 4) for v in s.pixel_spacing),
@@ -616,6 +617,7 @@ def _read_hu(slices: list[_Slice], frames: list[list[int]]) -> np.ndarray:
 
 
 def _decode(s: _Slice) -> np.ndarray:
+    """Stored values of one slice; pydicom handles every transfer syntax and bit layout it has a decoder for."""
     try:
         pixels = s.dataset.pixel_array
     except (ValueError, RuntimeError, NotImplementedError) as exc:
