@@ -1,6 +1,7 @@
 # ctp-cohort: dynamic CT myocardial perfusion, from DICOM to outcome study.
 # Loads and validates the config and the cohort manifest before planning any job,
 # then includes one rules/*.smk per stage. Logic lives in the ctp_steps package.
+import os
 import sys
 from pathlib import Path
 
@@ -28,7 +29,9 @@ CONFIG_HASH = config_hash(CFG)
 PATIENTS = cohort_patients(CFG)
 
 RESULTS = CFG.results_dir
-PY = sys.executable  # the interpreter running Snakemake: the project's venv
+# Rules call the `ctp-steps` command of the environment running Snakemake (the project's venv).
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+PY = sys.executable
 
 
 include: "rules/common.smk"

@@ -10,6 +10,7 @@ rule gather_patients:
     output:
         f"{RESULTS}/cohort/patients.parquet",
     params:
+        patients_dir=f"{RESULTS}/patients",
         stages=lambda wc: PATIENT_STAGES,
         covariates=CFG.covariates,
         config_hash=CONFIG_HASH,
@@ -22,6 +23,6 @@ rule gather_patients:
     conda:
         "../envs/stats.yaml"
     shell:
-        "{PY} -m ctp_steps gather --manifest {input.manifest:q} --patients-dir {RESULTS}/patients"
+        "ctp-steps gather --manifest {input.manifest:q} --patients-dir {params.patients_dir:q}"
         " --stages {params.stages} --covariates {params.covariates} --config-hash {params.config_hash}"
         " --out {output:q} > {log:q} 2>&1"

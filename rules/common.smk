@@ -41,3 +41,11 @@ def previous_stage_status() -> str:
 GPUS = 1 if CFG.device == "cuda" else 0
 # Training targets (rules/train/*.smk append their outputs); `snakemake train` builds them.
 TRAIN_TARGETS: list[str] = []
+
+
+def validation_inputs() -> list[str]:
+    if not CFG.uses_synthetic_cohort:
+        raise WorkflowError(
+            "validate needs the synthetic cohort's ground truth; a user manifest has none"
+        )
+    return [f for pattern in VALIDATION_METRICS for f in per_patient(pattern)]

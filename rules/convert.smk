@@ -20,7 +20,7 @@ rule convert:
     conda:
         "../envs/imaging.yaml"
     shell:
-        "{PY} -m ctp_steps convert --dicom-dir {input.dicom:q} --series {output.series:q}"
+        "ctp-steps convert --dicom-dir {input.dicom:q} --series {output.series:q}"
         " --frames {output.frames:q} --status {output.status:q} --min-frames {params.min_frames}"
         " > {log:q} 2>&1"
 

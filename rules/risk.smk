@@ -15,6 +15,7 @@ rule risk:
         report=f"{RISK_DIR}/report.md",
         summary=f"{RISK_DIR}/summary.txt",
     params:
+        out_dir=RISK_DIR,
         covariates=CFG.covariates,
         risk=CFG.risk.model_dump_json(),
         code=stage_fingerprint("risk.py", "commands/risk.py"),
@@ -26,5 +27,5 @@ rule risk:
     conda:
         "../envs/stats.yaml"
     shell:
-        "{PY} -m ctp_steps risk --patients {input:q} --covariates {params.covariates}"
-        " --risk-json {params.risk:q} --out-dir {RISK_DIR:q} > {log:q} 2>&1"
+        "ctp-steps risk --patients {input:q} --covariates {params.covariates}"
+        " --risk-json {params.risk:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

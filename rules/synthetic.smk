@@ -30,7 +30,7 @@ rule synthesize_patient:
     conda:
         "../envs/imaging.yaml"
     shell:
-        "{PY} -m ctp_steps synthesize --spec-json {params.spec:q} --params-json {params.phantom:q}"
+        "ctp-steps synthesize --spec-json {params.spec:q} --params-json {params.phantom:q}"
         " --dicom-dir {output.dicom:q} --truth-dir {params.truth_dir:q} > {log:q} 2>&1"
 
 
@@ -51,5 +51,5 @@ rule synthetic_manifest:
     conda:
         "../envs/imaging.yaml"
     shell:
-        "{PY} -m ctp_steps synthetic-manifest --truth {input.truth:q} --outcome-json {params.outcome:q}"
+        "ctp-steps synthetic-manifest --truth {input.truth:q} --outcome-json {params.outcome:q}"
         " --seed {params.seed} --out {output:q} > {log:q} 2>&1"

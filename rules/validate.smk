@@ -26,7 +26,7 @@ rule validate_conversion:
     conda:
         "../envs/imaging.yaml"
     shell:
-        "{PY} -m ctp_steps validate-conversion --truth-dir {params.truth_dir:q}"
+        "ctp-steps validate-conversion --truth-dir {params.truth_dir:q}"
         " --series {input.series:q} --frames {input.frames:q} --status {input.status:q}"
         " --params-json {params.phantom:q} --out {output:q} > {log:q} 2>&1"
 
@@ -38,6 +38,7 @@ rule validate:
     output:
         f"{RESULTS}/validation/summary.parquet",
     params:
+        out_dir=f"{RESULTS}/validation",
         code=stage_fingerprint("validate.py", "commands/validate.py"),
     log:
         f"{LOGS}/validation_summary.log",
@@ -47,13 +48,5 @@ rule validate:
     conda:
         "../envs/stats.yaml"
     shell:
-        "{PY} -m ctp_steps validation-summary --inputs {input.metrics:q}"
-        " --out-dir {RESULTS}/validation > {log:q} 2>&1"
-
-
-def validation_inputs() -> list[str]:
-    if not CFG.uses_synthetic_cohort:
-        raise WorkflowError(
-            "validate needs the synthetic cohort's ground truth; a user manifest has none"
-        )
-    return [f for pattern in VALIDATION_METRICS for f in per_patient(pattern)]
+        "ctp-steps validation-summary --inputs {input.metrics:q}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -27,7 +27,7 @@ rule landmarks:
     conda:
         "../../envs/imaging.yaml"
     shell:
-        "{PY} -m ctp_steps oracle landmarks --series {input.series:q} --frames {input.frames:q}"
+        "ctp-steps oracle landmarks --series {input.series:q} --frames {input.frames:q}"
         " --upstream {input.upstream:q} --truth-dir {params.truth_dir:q} --out-dir {params.out_dir:q}"
         " > {log:q} 2>&1"
 

@@ -26,7 +26,7 @@ rule segment_frames:
     conda:
         "../../envs/imaging.yaml"
     shell:
-        "{PY} -m ctp_steps oracle segment_frames --series {input.series:q} --frames {input.frames:q}"
+        "ctp-steps oracle segment_frames --series {input.series:q} --frames {input.frames:q}"
         " --upstream {input.upstream:q} --truth-dir {params.truth_dir:q} --out-dir {params.out_dir:q}"
         " > {log:q} 2>&1"
 
