@@ -43,10 +43,23 @@ from ctp_steps.types import Geometry
 DEFAULT_APEX_CAP_FRACTION = 0.1
 
 SEGMENT_NAMES = {
-    1: "basal anterior", 2: "basal anteroseptal", 3: "basal inferoseptal", 4: "basal inferior",
-    5: "basal inferolateral", 6: "basal anterolateral", 7: "mid anterior", 8: "mid anteroseptal",
-    9: "mid inferoseptal", 10: "mid inferior", 11: "mid inferolateral", 12: "mid anterolateral",
-    13: "apical anterior", 14: "apical septal", 15: "apical inferior", 16: "apical lateral", 17: "apex",
+    1: "basal anterior",
+    2: "basal anteroseptal",
+    3: "basal inferoseptal",
+    4: "basal inferior",
+    5: "basal inferolateral",
+    6: "basal anterolateral",
+    7: "mid anterior",
+    8: "mid anteroseptal",
+    9: "mid inferoseptal",
+    10: "mid inferior",
+    11: "mid inferolateral",
+    12: "mid anterolateral",
+    13: "apical anterior",
+    14: "apical septal",
+    15: "apical inferior",
+    16: "apical lateral",
+    17: "apex",
 }
 TERRITORY_SEGMENTS = {
     "LAD": (1, 2, 7, 8, 13, 14, 17),
@@ -131,7 +144,7 @@ def aha_segments(
     rv_insertion,
     apex_cap_fraction: float = DEFAULT_APEX_CAP_FRACTION,
 ) -> np.ndarray:
-    """AHA segment (1..17, uint8) of each point (N, 3) in world LPS mm."""
+    """AHA segment (1..17, uint8) of points (..., 3) in world LPS mm; shape (...)."""
     t, theta, _ = long_axis_frame(apex, base, rv_insertion).coordinates(points_world)
     return segments_from_coordinates(t, theta, apex_cap_fraction)
 
@@ -152,8 +165,3 @@ def aha_segment_map(
         points = geometry.index_to_world(zyx[:, ::-1].astype(float))
         out[mask] = aha_segments(points, apex, base, rv_insertion, apex_cap_fraction)
     return out
-
-
-def territory_map(segments: np.ndarray) -> dict[str, np.ndarray]:
-    """Boolean mask of each coronary territory from a segment array."""
-    return {terr: np.isin(segments, segs) for terr, segs in TERRITORY_SEGMENTS.items()}

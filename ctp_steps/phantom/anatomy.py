@@ -19,7 +19,7 @@ coordinates, so any block of the fine grid can be evaluated on its own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -28,7 +28,23 @@ from ctp_steps.phantom.params import PhantomParams, uniform
 from ctp_steps.types import Geometry
 
 # tissue classes of the fine grid
-AIR, FAT, SOFT, LUNG, LIVER, BONE, CORTEX, CSF, PERIAORTIC, AORTA, LV_BLOOD, MYO, RV_BLOOD, RV_WALL, LA_BLOOD = range(15)
+(
+    AIR,
+    FAT,
+    SOFT,
+    LUNG,
+    LIVER,
+    BONE,
+    CORTEX,
+    CSF,
+    PERIAORTIC,
+    AORTA,
+    LV_BLOOD,
+    MYO,
+    RV_BLOOD,
+    RV_WALL,
+    LA_BLOOD,
+) = range(15)
 N_CLASSES = 15
 NO_HEART = 255
 
@@ -44,6 +60,8 @@ _SEPTUM_THETA = 60.0
 _EPI_FAT_MM = 3.0
 _MEDIASTINUM_MM = 8.0  # lungs keep this far from the heart
 _VALVE_GAP_MM = 2.0
+_CAVITY_RADIUS_MM = 20.0  # nominal LV (stress, near end-systole); scaled by lv_scale
+_CAVITY_HALF_LENGTH_MM = 52.0
 
 
 @dataclass(frozen=True)
@@ -132,7 +150,15 @@ class Anatomy:
         h = self.hu
         lut = np.zeros(N_CLASSES, dtype=np.float32)
         lut[[AIR, FAT, SOFT, LUNG, LIVER, BONE, CORTEX, CSF, PERIAORTIC]] = [
-            h["air"], h["fat"], h["soft_tissue"], h["lung"], h["liver"], h["bone"], h["cortical_bone"], h["csf"], h["fat"]
+            h["air"],
+            h["fat"],
+            h["soft_tissue"],
+            h["lung"],
+            h["liver"],
+            h["bone"],
+            h["cortical_bone"],
+            h["csf"],
+            h["fat"],
         ]
         lut[[AORTA, LV_BLOOD, RV_BLOOD, LA_BLOOD]] = h["blood"]
         lut[[MYO, RV_WALL]] = h["myocardium"]
@@ -152,7 +178,6 @@ class Anatomy:
             "aorta_center_xy_mm": list(b.aorta_xy),
             "aorta_radius_mm": b.aorta_radius,
             "torso_semi_axes_mm": list(b.torso_ab),
-            "hu": dict(self.hu),
         }
 
 
@@ -215,21 +240,27 @@ def _draw_heart(
     septum = _rotate(septum, u, np.radians(rng.uniform(-10, 10)))
     ref = _rotate(septum, u, -np.radians(_SEPTUM_THETA))
     scale = uniform(rng, params.lv_scale)
-    cavity_radius = 20.0 * scale
-    base_frac = rng.uniform(0.2, 0.3)
-    cavity_half_length = 52.0 * scale
+    cavity_radius = _CAVITY_RADIUS_MM * scale
+    base_frac = rng.uniform(0.2, 0.3)  # base plane lies this fraction of the half-length beyond the equator
+    cavity_half_length = _CAVITY_HALF_LENGTH_MM * scale
     cavity_length = (1 + base_frac) * cavity_half_length
     f = params.apex_cap_fraction
     wall = uniform(rng, params.wall_thickness_mm)
     lv0 = LeftVentricle(
-        base=np.zeros(3), u=u, ref=ref, ortho=np.cross(u, ref),
-        cavity_radius=cavity_radius, cavity_half_length=cavity_half_length,
-        base_offset=base_frac * cavity_half_length, wall=wall, apical_wall=f / (1 - f) * cavity_length,
+        base=np.zeros(3),
+        u=u,
+        ref=ref,
+        ortho=np.cross(u, ref),
+        cavity_radius=cavity_radius,
+        cavity_half_length=cavity_half_length,
+        base_offset=base_frac * cavity_half_length,
+        wall=wall,
+        apical_wall=f / (1 - f) * cavity_length,
     )
     # LV mid-point (half-way base → apex) near the FOV centre
     jitter = params.lv_position_jitter_mm * np.array([1.0, 1.0, 0.6])
     mid = grid_center(grid) + rng.uniform(-1, 1, size=3) * jitter
-    lv = LeftVentricle(**{**lv0.__dict__, "base": mid - lv0.length / 2 * u})
+    lv = replace(lv0, base=mid - lv0.length / 2 * u)
     rv = RightVentricle(
         thickness=rng.uniform(14.0, 22.0),
         wall=rng.uniform(2.5, 4.0),
@@ -240,11 +271,15 @@ def _draw_heart(
     return lv, rv, la
 
 
-def _heart_surface_points(lv: LeftVentricle, rv: RightVentricle, la: LeftAtrium, extra: float) -> np.ndarray:
-    """Points on the heart's outer surfaces grown by `extra` mm, to bound and place it."""
+def _heart_surface_points(
+    lv: LeftVentricle, rv: RightVentricle, la: LeftAtrium, extra: float, whole_lv: bool
+) -> np.ndarray:
+    """Points on the heart's outer surfaces grown by `extra` mm, to place the heart (LV below its
+    base plane) or to bound its fields (whole epicardial ellipsoid: the lungs' envelope)."""
     phi = np.linspace(0, 2 * np.pi, 73)[:, None]
     pts = []
-    a = np.linspace(-extra, lv.length + extra, 41)[None, :]
+    a_from = lv.base_offset - lv.epi_half_length - extra if whole_lv else -extra
+    a = np.linspace(a_from, lv.length + extra, 61)[None, :]
     rho = lv.epi_rho(a, extra)
     pts.append(_cyl_points(lv, a, rho, phi))
     a = np.linspace(rv.a0 - 4 - extra, rv.a1 + 4 + extra, 41)[None, :]
@@ -280,7 +315,7 @@ def _rv_axial_profile(rv: RightVentricle, a: np.ndarray, grow: float) -> np.ndar
 
 def _place_body(rng: np.random.Generator, lv: LeftVentricle, rv: RightVentricle, la: LeftAtrium) -> Body:
     """Chest wall in front of the heart, spine and aorta behind it, lungs either side."""
-    pts = _heart_surface_points(lv, rv, la, _EPI_FAT_MM)
+    pts = _heart_surface_points(lv, rv, la, _EPI_FAT_MM, whole_lv=False)
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     mid = lv.base + lv.length / 2 * lv.u
     muscle, fat = rng.uniform(10, 16), rng.uniform(8, 25)
@@ -301,15 +336,23 @@ def _place_body(rng: np.random.Generator, lv: LeftVentricle, rv: RightVentricle,
         for side, top in ((+1, (0.0, 15.0)), (-1, (10.0, 25.0)))
     )
     return Body(
-        torso_xy=(torso_x, torso_y), torso_ab=(a, b), fat=fat, muscle=muscle, lungs=lungs,
-        dome_drop=rng.uniform(30, 45), sternum_xy=(torso_x, y_front + fat + muscle / 2),
-        spine_xy=(torso_x, spine_y), spine_radius=spine_radius, aorta_xy=aorta_xy, aorta_radius=aorta_radius,
+        torso_xy=(torso_x, torso_y),
+        torso_ab=(a, b),
+        fat=fat,
+        muscle=muscle,
+        lungs=lungs,
+        dome_drop=rng.uniform(30, 45),
+        sternum_xy=(torso_x, y_front + fat + muscle / 2),
+        spine_xy=(torso_x, spine_y),
+        spine_radius=spine_radius,
+        aorta_xy=aorta_xy,
+        aorta_radius=aorta_radius,
     )
 
 
 def heart_box(anat: Anatomy, within: Box) -> Box:
     """Block-aligned fine box (inside `within`) that holds every heart field, lung margin included."""
-    pts = _heart_surface_points(anat.lv, anat.rv, anat.la, _MEDIASTINUM_MM + 1.0)
+    pts = _heart_surface_points(anat.lv, anat.rv, anat.la, _MEDIASTINUM_MM + 1.0, whole_lv=True)
     return anat.grid.box_around(pts.min(axis=0), pts.max(axis=0), within)
 
 
@@ -317,6 +360,7 @@ def body_classes(anat: Anatomy, box: Box) -> np.ndarray:
     """Tissue classes of the chest without the heart, on a fine box."""
     b = anat.body
     x, y, z = anat.grid.box_coords(box)
+    x, y = x[0], y[0]  # the chest is the same in every slice except for the diaphragm
     tx, ty = b.torso_xy
     ta, tb = b.torso_ab
 
@@ -330,7 +374,9 @@ def body_classes(anat: Anatomy, box: Box) -> np.ndarray:
     plane[ellipse(tx, ty, ta, tb) < 1] = FAT
     plane[ellipse(tx, ty, ta - b.fat, tb - b.fat) < 1] = SOFT
     cavity = ellipse(tx, ty, ta - b.fat - b.muscle, tb - b.fat - b.muscle) < 1
-    cavity &= ~disc(b.spine_xy, b.spine_radius + _MEDIASTINUM_MM) & ~disc(b.aorta_xy, b.aorta_radius + _MEDIASTINUM_MM)
+    cavity &= ~disc(b.spine_xy, b.spine_radius + _MEDIASTINUM_MM) & ~disc(
+        b.aorta_xy, b.aorta_radius + _MEDIASTINUM_MM
+    )
     plane[ellipse(*b.sternum_xy, 13.0, 5.0) < 1] = BONE
     sx, sy = b.spine_xy
     plane[ellipse(sx, sy + b.spine_radius + 14.0, 20.0, 12.0) < 1] = BONE  # posterior arch
@@ -403,13 +449,31 @@ def heart_fields(anat: Anatomy, box: Box) -> HeartFields:
     m = _MEDIASTINUM_MM
     envelope = lam(lv.epi_half_length + m, lv.epi_radius + m) < 1
     envelope |= crescent(rv.thickness + rv.wall + m, _RV_HALF_ANGLE + 8 + m, 4.0 + m)
-    envelope |= ((a + _VALVE_GAP_MM + la.half_length) / (la.half_length + m)) ** 2 + (rho / (la.radius + m)) ** 2 < 1
+    envelope |= ((a + _VALVE_GAP_MM + la.half_length) / (la.half_length + m)) ** 2 + (
+        rho / (la.radius + m)
+    ) ** 2 < 1
 
     classes = np.full(a.shape, NO_HEART, dtype=np.uint8)
-    for mask, cls in ((fat, FAT), (rv_outer, RV_WALL), (rv_blood, RV_BLOOD), (la_blood, LA_BLOOD), (myo, MYO), (blood, LV_BLOOD)):
+    for mask, cls in (
+        (fat, FAT),
+        (rv_outer, RV_WALL),
+        (rv_blood, RV_BLOOD),
+        (la_blood, LA_BLOOD),
+        (myo, MYO),
+        (blood, LV_BLOOD),
+    ):
         classes[mask] = cls
     myo_index = np.flatnonzero(classes == MYO)
-    le, lp = lam_endo.ravel()[myo_index], lam_epi.ravel()[myo_index]
+    sm, rm = s.ravel()[myo_index], rho.ravel()[myo_index]
+
+    def distance(lam_all: np.ndarray, long: float, short: float) -> np.ndarray:
+        """First-order distance (mm) to an ellipsoid surface: |λ − 1| / |∇λ|."""
+        lm = lam_all.ravel()[myo_index]
+        grad = np.hypot(sm / long**2, rm / short**2) / lm
+        return np.abs(lm - 1.0) / grad
+
+    to_endo = distance(lam_endo, lv.cavity_half_length, lv.cavity_radius)
+    to_epi = distance(lam_epi, lv.epi_half_length, lv.epi_radius)
     return HeartFields(
         box=box,
         classes=classes,
@@ -417,7 +481,7 @@ def heart_fields(anat: Anatomy, box: Box) -> HeartFields:
         myo_index=myo_index,
         t=a.ravel()[myo_index] / lv.length,
         theta=theta.ravel()[myo_index],
-        depth=(le - 1) / ((le - 1) + (1 - lp)),
+        depth=to_endo / (to_endo + to_epi),
         radius=rho.ravel()[myo_index],
     )
 
@@ -440,6 +504,12 @@ class Scene:
     box: Box
     classes: np.ndarray
     heart: HeartFields
+
+    def myo_index(self) -> np.ndarray:
+        """Flat indices into `classes` of the heart's myocardium voxels, in heart-field order."""
+        local = np.unravel_index(self.heart.myo_index, self.heart.classes.shape)
+        offset = [h.start - b.start for h, b in zip(self.heart.box, self.box)]
+        return np.ravel_multi_index(tuple(i + o for i, o in zip(local, offset)), self.classes.shape)
 
 
 def build_scene(anat: Anatomy, box: Box) -> Scene:

@@ -86,14 +86,11 @@ class PhantomGrid:
             slices.append(slice(k * b0, k * max(b1, b0)))
         return tuple(slices)
 
-    def to_output(self, box: Box) -> Box:
-        """Output-grid (unpadded) slices of a block-aligned fine box inside the output box."""
-        k = self.factor
-        return tuple(slice(b.start // k - p, b.stop // k - p) for b, p in zip(box, self.pad))
-
 
 def intersect(a: Box, b: Box) -> Box:
-    return tuple(slice(max(x.start, y.start), max(max(x.start, y.start), min(x.stop, y.stop))) for x, y in zip(a, b))
+    return tuple(
+        slice(max(x.start, y.start), max(max(x.start, y.start), min(x.stop, y.stop))) for x, y in zip(a, b)
+    )
 
 
 def relative(inner: Box, outer: Box) -> Box:

@@ -44,15 +44,24 @@ class PhantomParams(BaseModel):
         (3.0, 2.5, 2.5), description="Voxel spacing in mm (slice, row, column)."
     )
     supersample: int = Field(
-        2, ge=1, le=4, description="Anatomy is rendered on a grid this many times finer per axis, "
-        "then block-averaged: the partial-volume effect."
+        2,
+        ge=1,
+        le=4,
+        description="Anatomy is rendered on a grid this many times finer per axis, "
+        "then block-averaged: the partial-volume effect.",
     )
-    psf_sigma_mm: float = Field(0.8, ge=0, description="Gaussian point-spread function of the scanner (SD, mm).")
+    psf_sigma_mm: float = Field(
+        0.8, ge=0, description="Gaussian point-spread function of the scanner (SD, mm)."
+    )
     noise_sd_hu: Range = Field((10.0, 30.0), description="Per-patient image noise SD (HU).")
     noise_correlation_sigma_vox: float = Field(
-        0.6, ge=0, description="In-plane Gaussian blur of the noise (voxels); the SD is rescaled to stay as drawn."
+        0.6,
+        ge=0,
+        description="In-plane Gaussian blur of the noise (voxels); the SD is rescaled to stay as drawn.",
     )
-    kvp_choices: tuple[float, ...] = Field((70.0, 80.0, 100.0), min_length=1, description="Tube voltages drawn from.")
+    kvp_choices: tuple[float, ...] = Field(
+        (70.0, 80.0, 100.0), min_length=1, description="Tube voltages drawn from."
+    )
 
     # acquisition timing
     n_frames: IntRange = Field((12, 20), description="Number of dynamic frames.")
@@ -62,24 +71,37 @@ class PhantomParams(BaseModel):
     )
 
     # motion
-    rigid_shift_max_mm: float = Field(5.0, ge=0, description="Largest per-frame rigid shift along z (breathing); x and y get 40 %.")
-    deformation_max_mm: float = Field(2.0, ge=0, description="Largest displacement of one smooth deformation mode.")
+    rigid_shift_max_mm: float = Field(
+        5.0, ge=0, description="Largest per-frame rigid shift along z (breathing); x and y get 40 %."
+    )
+    deformation_max_mm: float = Field(
+        2.0, ge=0, description="Largest displacement of one smooth deformation mode."
+    )
     n_deformation_modes: int = Field(3, ge=0, description="Gaussian-bump deformation modes near the heart.")
     deformation_sigma_mm: Range = Field((25.0, 40.0), description="Width (SD) of the deformation modes (mm).")
 
     # anatomy
     lv_scale: Range = Field((0.9, 1.1), description="LV size factor (cavity radius and length).")
     wall_thickness_mm: Range = Field((8.0, 12.0), description="LV myocardial wall thickness (mm).")
-    lv_position_jitter_mm: float = Field(10.0, ge=0, description="LV centre offset from the FOV centre in x and y (mm); z gets 60 %.")
-    lv_axis_tilt_max_deg: float = Field(15.0, ge=0, le=45, description="Long-axis deviation from LPS (1,-1,-1)/√3 (degrees).")
+    lv_position_jitter_mm: float = Field(
+        10.0, ge=0, description="LV centre offset from the FOV centre in x and y (mm); z gets 60 %."
+    )
+    lv_axis_tilt_max_deg: float = Field(
+        15.0, ge=0, le=45, description="Long-axis deviation from LPS (1,-1,-1)/√3 (degrees)."
+    )
     apex_cap_fraction: float = Field(
-        0.1, gt=0, lt=0.5, description="AHA segment 17 = last fraction of the base→apex distance; the phantom's "
-        "apical wall is built so that its endocardial apex lies exactly there (see ctp_steps.aha)."
+        0.1,
+        gt=0,
+        lt=0.5,
+        description="AHA segment 17 = last fraction of the base→apex distance; the phantom's "
+        "apical wall is built so that its endocardial apex lies exactly there (see ctp_steps.aha).",
     )
 
     # perfusion
     normal_mbf: Range = Field((150.0, 250.0), description="Stress MBF of normal territories (mL/100mL/min).")
-    ischemic_mbf: Range = Field((50.0, 100.0), description="Stress MBF in ischemic myocardium (mL/100mL/min).")
+    ischemic_mbf: Range = Field(
+        (50.0, 100.0), description="Stress MBF in ischemic myocardium (mL/100mL/min)."
+    )
     ischemic_territory_probs: tuple[float, float, float] = Field(
         (0.4, 0.4, 0.2), description="Probability of 0, 1, 2 ischemic coronary territories."
     )
@@ -89,25 +111,47 @@ class PhantomParams(BaseModel):
     ischemia_transmural_extent: Range = Field(
         (0.4, 1.2), description="Ischemic fraction of the wall from the endocardium (≥ 1: transmural)."
     )
-    mbf_heterogeneity: Range = Field((0.05, 0.10), description="Amplitude of smooth relative MBF heterogeneity.")
-    border_width_mm: float = Field(1.5, gt=0, description="Logistic scale of territory/ischemia borders (mm).")
-    ischemia_threshold_mbf: float = Field(100.0, gt=0, description="True IMV = myocardium with MBF below this.")
+    mbf_heterogeneity: Range = Field(
+        (0.05, 0.10), description="Amplitude of smooth relative MBF heterogeneity."
+    )
+    border_width_mm: float = Field(
+        0.75,
+        gt=0,
+        description="Logistic scale of territory and ischemia borders (mm); 10-90 % over 4.4× this.",
+    )
+    ischemia_threshold_mbf: float = Field(
+        100.0, gt=0, description="True IMV = myocardium with MBF below this."
+    )
 
     # tracer kinetics
-    aif_arrival_s: Range = Field((4.0, 8.0), description="Bolus arrival in the descending aorta after the first frame (s).")
+    aif_arrival_s: Range = Field(
+        (4.0, 8.0), description="Bolus arrival in the descending aorta after the first frame (s)."
+    )
     aif_time_to_peak_s: Range = Field((5.0, 10.0), description="Aortic peak after arrival (s).")
     aif_peak_hu: Range = Field((300.0, 600.0), description="Aortic first-pass peak enhancement (HU).")
     aif_shape: Range = Field((2.5, 4.0), description="Gamma-variate shape α (larger: narrower bolus).")
-    recirculation_fraction: Range = Field((0.10, 0.20), description="Recirculation peak relative to the first pass.")
-    lv_lead_s: float = Field(1.0, ge=0, description="LV blood enhances this much earlier than the descending aorta (s).")
-    rv_lead_s: float = Field(3.0, ge=0, description="RV blood enhances this much earlier than the descending aorta (s).")
+    recirculation_fraction: Range = Field(
+        (0.10, 0.20), description="Recirculation peak relative to the first pass."
+    )
+    lv_lead_s: float = Field(
+        1.0, ge=0, description="LV blood enhances this much earlier than the descending aorta (s)."
+    )
+    rv_lead_s: float = Field(
+        3.0, ge=0, description="RV blood enhances this much earlier than the descending aorta (s)."
+    )
     tissue_delay_s: Range = Field((1.0, 2.0), description="Myocardial delay δ after the aortic AIF (s).")
     blood_volume_fraction: Range = Field((0.08, 0.12), description="Myocardial blood volume vb.")
-    extravascular_fraction: float = Field(0.25, gt=0, le=1, description="Extravascular distribution volume ve (k2 = K1/ve).")
-    permeability_surface: float = Field(
-        120.0, gt=0, description="Capillary PS (mL/100mL/min) in Renkin-Crone extraction E = 1 − exp(−PS/MBF)."
+    extravascular_fraction: float = Field(
+        0.25, gt=0, le=1, description="Extravascular distribution volume ve (k2 = K1/ve)."
     )
-    kinetics_dt_s: float = Field(0.1, gt=0, le=0.5, description="Time step of the tissue-curve integration (s).")
+    permeability_surface: float = Field(
+        120.0,
+        gt=0,
+        description="Capillary PS (mL/100mL/min) in Renkin-Crone extraction E = 1 − exp(−PS/MBF).",
+    )
+    kinetics_dt_s: float = Field(
+        0.1, gt=0, le=0.5, description="Time step of the tissue-curve integration (s)."
+    )
     blood_baseline_hu: Range = Field((38.0, 50.0), description="Unenhanced blood (HU).")
     myocardium_baseline_hu: Range = Field((35.0, 45.0), description="Unenhanced myocardium (HU).")
 
@@ -119,7 +163,12 @@ class PhantomParams(BaseModel):
             raise ValueError(f"spacing_zyx_mm {self.spacing_zyx_mm}: spacing must be positive")
         if self.n_frames[0] < 3:
             raise ValueError("n_frames: at least 3 frames")
-        if self.duration_s[0] <= 0 or self.noise_sd_hu[0] < 0 or self.normal_mbf[0] <= 0 or self.ischemic_mbf[0] <= 0:
+        if (
+            self.duration_s[0] <= 0
+            or self.noise_sd_hu[0] < 0
+            or self.normal_mbf[0] <= 0
+            or self.ischemic_mbf[0] <= 0
+        ):
             raise ValueError("duration_s, noise_sd_hu and MBF ranges must be positive")
         if self.ischemic_mbf[1] > self.normal_mbf[0]:
             raise ValueError("ischemic_mbf must lie below normal_mbf")

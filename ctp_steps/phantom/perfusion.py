@@ -75,7 +75,12 @@ def draw_perfusion(rng: np.random.Generator, params: PhantomParams) -> Perfusion
 
 
 def territory_weights(
-    t: np.ndarray, theta: np.ndarray, radius: np.ndarray, length_mm: float, width_mm: float, cap_fraction: float
+    t: np.ndarray,
+    theta: np.ndarray,
+    radius: np.ndarray,
+    length_mm: float,
+    width_mm: float,
+    cap_fraction: float,
 ) -> dict[str, np.ndarray]:
     """Soft AHA territory membership (sums to 1) with logistic borders `width_mm` wide."""
     arc = np.radians(1.0) * np.maximum(radius, 5.0) / width_mm  # logistic units per degree
