@@ -35,6 +35,11 @@ PATIENT_COLUMNS: list[pa.Field] = [
     pa.field("register_source", pa.string()),
     pa.field("segment_myocardium_source", pa.string()),
     pa.field("landmarks_source", pa.string()),
+    pa.field("landmark_conf_min", pa.float64()),
+    pa.field("landmark_conf_apex", pa.float64()),
+    pa.field("landmark_conf_base", pa.float64()),
+    pa.field("landmark_conf_rv_insertion", pa.float64()),
+    pa.field("lv_long_axis_mm", pa.float64()),
     # MBF in mL/100mL/min; IMV in mL and % of LV myocardium (null until those stages run).
     pa.field("myocardium_ml", pa.float64()),
     pa.field("mbf_global", pa.float64()),

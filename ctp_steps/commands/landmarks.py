@@ -46,20 +46,24 @@ def _landmarks(args: argparse.Namespace) -> None:
 def _data(args: argparse.Namespace) -> None:
     import torch
 
-    from ctp_steps.landmarks.data import make_cases, save_cases
+    from ctp_steps.landmarks.data import make_case, save_case, training_plan
 
     torch.set_num_threads(args.threads)
-    cfg = _training_config(args.config_json)
-    n = cfg.train_patients if args.role == "train" else cfg.val_patients
-    grids = cfg.grids if args.role == "train" else cfg.grids[:1]
-    save_cases(args.out, make_cases(n, args.role, cfg.seed, grids, args.apex_cap_fraction))
+    plan = training_plan(_training_config(args.config_json))
+    unknown = sorted(set(args.cases) - set(plan))
+    if unknown:
+        raise SystemExit(f"cases not in the training plan: {unknown}")
+    for case_id in args.cases:
+        spec, grid = plan[case_id]
+        save_case(Path(args.out_dir) / f"{case_id}.npz", make_case(spec, grid, args.apex_cap_fraction))
+        log.info("case %s on grid %s written", case_id, grid.shape_zyx)
 
 
 def _train(args: argparse.Namespace) -> None:
     import torch
 
     from ctp_steps.io import write_json
-    from ctp_steps.landmarks.data import load_cases
+    from ctp_steps.landmarks.data import load_case
     from ctp_steps.landmarks.infer import LandmarkDetector, resolve_device
     from ctp_steps.landmarks.net import save_checkpoint
     from ctp_steps.landmarks.train import evaluate, train
@@ -67,7 +71,7 @@ def _train(args: argparse.Namespace) -> None:
     cfg = _training_config(args.config_json)
     torch.set_num_threads(cfg.threads)
     device = resolve_device(args.device)
-    train_cases, val_cases = load_cases(args.train), load_cases(args.val)
+    train_cases, val_cases = [load_case(p) for p in args.train], [load_case(p) for p in args.val]
     net, meta = train(cfg, train_cases, val_cases, device, steps=args.steps)
     final = evaluate(LandmarkDetector(net, meta, device), val_cases, args.apex_cap_fraction).summary()
     meta["validation"] = final
@@ -97,12 +101,15 @@ def _ship(args: argparse.Namespace) -> None:
         "dtype": "float16 weights (loaded as float32)",
         "preprocessing": {k: meta[k] for k in ("landmarks", "crop_size", "crop_margin_mm", "input_mask",
                                               "heatmap_sigma_vox", "decode_radius_vox", "input_channels")},
-        "training_command": "snakemake --cores 2 train; python -m ctp_steps landmarks-ship "
+        "training_command": "snakemake --cores 2 train; ctp-steps landmarks-ship "
         "--weights results/training/landmark_net/landmark_net.pt --metrics results/training/landmark_net/metrics.json",
         "data": "phantom patients, roles train/validation (seeds disjoint from the cohort), motion-free frame averages; "
         + json.dumps({k: meta.get("training_config", {}).get(k) for k in ("train_patients", "val_patients", "seed", "grids")}),
         "validation": metrics.get("validation", meta.get("validation", {})),
-        "training": {k: training.get(k) for k in ("train_seconds", "steps", "best_step", "loss_first", "loss_last", "device")},
+        "training": {
+            k: training.get(k)
+            for k in ("train_seconds", "train_cpu_seconds", "threads", "steps", "best_step", "loss_first", "loss_last", "device")
+        },
     }
     entry = register_model(args.name, dest, info)
     print(json.dumps(entry, indent=2))
@@ -132,17 +139,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--title", help="figure title")
     p.set_defaults(func=_landmarks)
 
-    p = sub.add_parser("landmarks-data", help="phantom cases for landmark-net training or validation (.npz)")
-    p.add_argument("--role", required=True, choices=["train", "validation"])
+    p = sub.add_parser("landmarks-data", help="phantom cases for landmark-net training / validation (<case>.npz)")
+    p.add_argument("--cases", nargs="+", required=True, help="case ids of the training plan (T0001, V0001, ...)")
     p.add_argument("--config-json", help="LandmarkTrainingConfig as JSON")
     p.add_argument("--apex-cap-fraction", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out-dir", required=True)
     p.set_defaults(func=_data)
 
     p = sub.add_parser("landmarks-train", help="train the landmark net on phantom cases")
-    p.add_argument("--train", required=True, help="training cases (.npz from landmarks-data)")
-    p.add_argument("--val", required=True, help="validation cases (.npz)")
+    p.add_argument("--train", nargs="+", required=True, help="training cases (.npz from landmarks-data)")
+    p.add_argument("--val", nargs="+", required=True, help="validation cases (.npz)")
     p.add_argument("--config-json", help="LandmarkTrainingConfig as JSON")
     p.add_argument("--apex-cap-fraction", type=float, default=0.1)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

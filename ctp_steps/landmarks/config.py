@@ -2,7 +2,62 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ctp_steps.aha import DEFAULT_APEX_CAP_FRACTION, TERRITORY_SEGMENTS
+
+
+class LandmarkGridConfig(BaseModel):
+    """One phantom grid the training patients are drawn on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    shape_zyx: tuple[int, int, int] = Field(description="Grid size (slices, rows, columns).")
+    spacing_zyx_mm: tuple[float, float, float] = Field(description="Voxel spacing in mm (slice, row, column).")
+    weight: float = Field(1.0, gt=0, description="Relative share of the training patients on this grid.")
+
+
+class LandmarkTrainingConfig(BaseModel):
+    """How `snakemake train` builds the landmark net (stored with the weights; inference reads the checkpoint)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    width: int = Field(8, ge=1, le=64, description="Channels of the first block (16 = the published width).")
+    head_channels: int | None = Field(
+        16, ge=1,
+        description="Channels before the last 1³ convolution (None: one per landmark, as published; "
+        "that 3-map bottleneck left the apex map flat in CPU-budget trainings).",
+    )
+    input_mask: bool = Field(
+        True, description="Feed the myocardium mask as a second input channel beside the average image."
+    )
+    crop_size: int = Field(40, ge=16, le=128, description="LV crop size in voxels per axis (isotropic, multiple of 4).")
+    crop_margin_mm: float = Field(12.0, ge=0, description="Margin around the myocardium's bounding box (mm).")
+    heatmap_sigma_vox: float = Field(1.5, gt=0, description="SD of the Gaussian heatmap targets (crop voxels).")
+    train_patients: int = Field(96, ge=1, description="Training-role phantom patients.")
+    val_patients: int = Field(16, ge=1, description="Validation-role phantom patients (disjoint seeds).")
+    seed: int = Field(5151, ge=0, description="Root seed of the training and validation phantom patients.")
+    grids: list[LandmarkGridConfig] = Field(
+        default_factory=lambda: [
+            LandmarkGridConfig(shape_zyx=(40, 80, 80), spacing_zyx_mm=(3.0, 2.5, 2.5), weight=3.0),
+            LandmarkGridConfig(shape_zyx=(32, 64, 64), spacing_zyx_mm=(3.75, 3.125, 3.125), weight=1.0),
+            LandmarkGridConfig(shape_zyx=(16, 40, 40), spacing_zyx_mm=(6.0, 5.0, 5.0), weight=1.0),
+        ],
+        min_length=1,
+        description="Phantom grids of the training patients (validation uses the first).",
+    )
+    steps: int = Field(400, ge=1, description="Optimiser steps.")
+    batch_size: int = Field(4, ge=1, description="Crops per step.")
+    learning_rate: float = Field(3e-3, gt=0, description="Peak Adam learning rate (one-cycle schedule).")
+    val_every: int = Field(50, ge=1, description="Validate (and keep the best weights) every this many steps.")
+    threads: int = Field(2, ge=1, description="CPU threads of the training job.")
+
+    @field_validator("crop_size")
+    @classmethod
+    def _multiple_of_4(cls, v: int) -> int:
+        if v % 4:
+            raise ValueError(f"crop_size {v} must be a multiple of 4")
+        return v
 
 
 # The device comes from the pipeline-wide `device` key.
@@ -10,3 +65,27 @@ class LandmarkConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = Field("landmark_net", description="Entry of models/manifest.json for the landmark heatmap net.")
+    min_confidence: float = Field(
+        0.5, ge=0, le=1,
+        description="A landmark whose heatmap holds less than this probability mass near its peak "
+        "excludes the patient (reason names the landmark).",
+    )
+    min_long_axis_mm: float = Field(
+        30.0, ge=0, description="Apex–base distances below this are implausible and exclude the patient."
+    )
+    apex_cap_fraction: float = Field(
+        DEFAULT_APEX_CAP_FRACTION, gt=0, lt=0.5,
+        description="AHA segment 17 = last fraction of the base→apex distance (ctp_steps.aha; the phantom uses the same).",
+    )
+    territories: dict[str, list[int]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in TERRITORY_SEGMENTS.items()},
+        description="Coronary territory → AHA segments; every segment 1..17 exactly once.",
+    )
+    training: LandmarkTrainingConfig = Field(default_factory=LandmarkTrainingConfig)
+
+    @model_validator(mode="after")
+    def _territories_partition(self) -> "LandmarkConfig":
+        segs = sorted(s for v in self.territories.values() for s in v)
+        if segs != list(range(1, 18)):
+            raise ValueError(f"territories must list every AHA segment 1..17 exactly once, got {segs}")
+        return self

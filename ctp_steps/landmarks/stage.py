@@ -1,0 +1,90 @@
+"""The per-patient landmark stage: landmarks.json, aha17.nii.gz and a QC PNG from the average and the myocardium.
+
+Known per-patient problems raise PatientInputError (the patient is excluded
+with the reason): an empty myocardium mask, a landmark whose confidence is
+below `min_confidence` (the reason names the landmark), an implausibly short
+long axis, or an RV insertion on the long axis. The AHA map is built by
+`ctp_steps.aha` (the same construction as the phantom's truth).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ctp_steps.aha import aha_segment_map, long_axis_frame
+from ctp_steps.io import read_volume, write_json, write_volume
+from ctp_steps.landmarks.config import LandmarkConfig
+from ctp_steps.types import PatientInputError
+
+log = logging.getLogger(__name__)
+
+MIN_MYOCARDIUM_VOXELS = 20
+
+
+def check_detection(names, world_mm: np.ndarray, confidence: np.ndarray, cfg: LandmarkConfig, source: str) -> None:
+    """Raise PatientInputError naming every missing/low-confidence landmark, or implausible geometry."""
+    low = [
+        f"landmark {n} not found (confidence {c:.2f} < min_confidence {cfg.min_confidence:.2f})"
+        for n, c in zip(names, confidence)
+        if not np.isfinite(c) or c < cfg.min_confidence or not np.all(np.isfinite(world_mm[list(names).index(n)]))
+    ]
+    if low:
+        raise PatientInputError(f"{source}: " + "; ".join(low))
+    lm = dict(zip(names, world_mm))
+    length = float(np.linalg.norm(lm["apex"] - lm["base"]))
+    if length < cfg.min_long_axis_mm:
+        raise PatientInputError(
+            f"{source}: landmarks apex and base only {length:.1f} mm apart (< min_long_axis_mm {cfg.min_long_axis_mm:.0f})"
+        )
+    try:
+        long_axis_frame(lm["apex"], lm["base"], lm["rv_insertion"])
+    except ValueError as exc:
+        raise PatientInputError(f"{source}: landmark rv_insertion unusable ({exc})") from None
+
+
+def run_landmarks(
+    average_path: Path,
+    myocardium_path: Path,
+    weights: Path,
+    cfg: LandmarkConfig,
+    device: str,
+    out_json: Path,
+    out_aha: Path,
+    out_png: Path | None = None,
+    title: str = "",
+) -> dict:
+    """Detect, check, write the outputs; return the record for patients.parquet."""
+    from ctp_steps.landmarks.infer import LandmarkDetector, resolve_device
+
+    image, geometry = read_volume(average_path)
+    mask, mask_geometry = read_volume(myocardium_path)
+    if mask.shape != image.shape or not mask_geometry.allclose(geometry):
+        raise ValueError(f"{myocardium_path}: grid differs from {average_path}")
+    mask = mask > 0
+    if np.count_nonzero(mask) < MIN_MYOCARDIUM_VOXELS:
+        raise PatientInputError(
+            f"{myocardium_path.name}: myocardium mask has {np.count_nonzero(mask)} voxels "
+            f"(< {MIN_MYOCARDIUM_VOXELS}), no LV to find landmarks in"
+        )
+    detector = LandmarkDetector.from_checkpoint(weights, resolve_device(device))
+    det = detector.detect(image.astype(np.float32), mask, geometry)
+    log.info("landmarks: %s", det.as_json())
+    check_detection(det.names, det.world_mm, det.confidence, cfg, average_path.name)
+    lm = dict(zip(det.names, det.world_mm))
+    aha = aha_segment_map(mask, geometry, lm["apex"], lm["base"], lm["rv_insertion"], cfg.apex_cap_fraction)
+    write_json(out_json, det.as_json())
+    write_volume(out_aha, aha.astype(np.uint8), geometry)
+    if out_png is not None:
+        from ctp_steps.landmarks.figure import plot_landmarks
+
+        plot_landmarks(image, mask, geometry, det.as_json(), out_png, title=title)
+    record = {
+        "landmarks_source": "heatmap",
+        "landmark_conf_min": float(det.confidence.min()),
+        "lv_long_axis_mm": float(np.linalg.norm(lm["apex"] - lm["base"])),
+    }
+    record.update({f"landmark_conf_{n}": float(c) for n, c in zip(det.names, det.confidence)})
+    return record

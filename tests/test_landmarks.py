@@ -1,0 +1,258 @@
+"""Landmark stage: net shapes, heatmap decoding, crops, a few training steps, per-patient exclusions,
+bull's-eye layout, validation metrics, and the stage in the real workflow with the shipped weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import REPO, run_snakemake, tiny_config
+from ctp_steps.aha import aha_segment_map
+from ctp_steps.io import read_json, read_volume, write_volume
+from ctp_steps.landmarks.config import LandmarkConfig, LandmarkTrainingConfig
+from ctp_steps.landmarks.crop import crop_zyx_to_world, lv_crop_geometry, world_to_crop_zyx
+from ctp_steps.landmarks.heatmaps import decode, gaussian_targets, heatmap_loss
+from ctp_steps.landmarks.net import LandmarkNet, load_checkpoint, save_checkpoint
+from ctp_steps.types import Geometry, PatientInputError
+
+TINY_GRID = {"shape_zyx": (16, 40, 40), "spacing_zyx_mm": (6.0, 5.0, 5.0)}
+TINY_TRAINING = LandmarkTrainingConfig(
+    width=4, crop_size=24, heatmap_sigma_vox=1.5, train_patients=2, val_patients=1, grids=[TINY_GRID],
+    steps=4, batch_size=2, val_every=4, threads=1,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_cases():
+    from ctp_steps.landmarks.data import make_cases
+
+    cfg = TINY_TRAINING
+    return make_cases(2, "test", cfg.seed, cfg.grids)
+
+
+def test_net_shapes_and_checkpoint_rebuilds_itself(tmp_path):
+    net = LandmarkNet(in_channels=2, n_landmarks=3, width=4).eval()
+    x = torch.randn(1, 2, 16, 12, 8)
+    assert net(x).shape == (1, 3, 16, 12, 8)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        net(torch.randn(1, 2, 10, 12, 8))
+    save_checkpoint(tmp_path / "w.pt", net, {"crop_size": 16}, half=False)
+    again, meta = load_checkpoint(tmp_path / "w.pt")
+    assert again.kwargs == {"in_channels": 2, "n_landmarks": 3, "width": 4, "head_channels": 3} and meta == {"crop_size": 16}
+    torch.testing.assert_close(again(x), net(x))
+    published = LandmarkNet(in_channels=1, n_landmarks=2, width=16)  # the published widths: 16-32-64
+    assert published.down2.down[0].out_channels == 64 and published.up2.res.body[0][0].in_channels == 32
+
+
+def test_decode_is_subvoxel_and_confidence_tracks_sharpness():
+    point = torch.tensor([[[9.3, 12.6, 7.8], [3.0, 4.0, 20.0]]])
+    target = gaussian_targets(point, 24, 1.5)[0]
+    assert torch.allclose(target.sum(dim=(1, 2, 3)), torch.ones(2))
+    found, conf = decode(torch.log(target + 1e-12), radius=4.5)
+    np.testing.assert_allclose(found, point[0].numpy(), atol=0.05)  # ball-window bias < 0.05 voxel
+    assert (conf > 0.95).all()
+    _, flat = decode(torch.zeros(2, 24, 24, 24), radius=4.5)
+    assert (flat < 0.05).all()
+    # the loss is smallest at the target itself
+    logits = torch.log(target + 1e-12)[None]
+    assert heatmap_loss(logits, target[None]) < heatmap_loss(torch.zeros_like(logits), target[None])
+
+
+def test_crop_covers_the_mask_and_maps_back_to_world():
+    geometry = Geometry((10.0, -20.0, -150.0), (2.5, 2.5, 3.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    mask = np.zeros((20, 40, 40), np.uint8)
+    mask[5:15, 10:30, 12:25] = 1
+    crop = lv_crop_geometry(mask, geometry, 32, margin_mm=10.0)
+    assert np.allclose(crop.spacing, (50.0 + 20.0) / 32)  # largest extent 20 voxels × 2.5 mm + 2 margins
+    corners = geometry.index_to_world(np.array([[12, 10, 5], [24, 29, 14]], float))
+    inside = world_to_crop_zyx(corners, crop)
+    assert (inside > 0).all() and (inside < 31).all()
+    np.testing.assert_allclose(crop_zyx_to_world(inside, crop), corners, atol=1e-9)
+
+
+def test_a_few_training_steps_reduce_the_loss(tiny_cases):
+    from ctp_steps.landmarks.train import training_sample
+
+    cfg = TINY_TRAINING
+    rng = np.random.default_rng(0)
+    batch = [training_sample(c, cfg, rng, augment=True) for c in tiny_cases]
+    x = torch.from_numpy(np.stack([b[0] for b in batch]))
+    target = gaussian_targets(torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.float32)), cfg.crop_size, 1.5)
+    assert x.shape == (2, 2, 24, 24, 24) and torch.isfinite(x).all()
+    torch.manual_seed(0)
+    net = LandmarkNet(2, 3, width=4)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss = heatmap_loss(net(x), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05, losses
+
+
+def test_train_loop_checkpoint_and_stage_outputs(tiny_cases, tmp_path):
+    """train() end to end (4 steps), a shipped-style checkpoint, and the stage command on it."""
+    from ctp_steps.cli import main
+    from ctp_steps.landmarks.net import save_checkpoint
+    from ctp_steps.landmarks.train import train
+    from ctp_steps.models import register_model
+
+    net, meta = train(TINY_TRAINING, tiny_cases[:1], tiny_cases[1:], torch.device("cpu"), log_every=2)
+    assert meta["training"]["steps"] == 4 and len(meta["training"]["history"]) == 1
+    models = tmp_path / "models"
+    models.mkdir()
+    save_checkpoint(models / "lm.pt", net, meta)
+    register_model("lm", models / "lm.pt", {"test": True}, manifest=models / "manifest.json")
+
+    case = tiny_cases[0]
+    patient = tmp_path / "patient"
+    write_volume(patient / "average.nii.gz", case.image, case.geometry)
+    write_volume(patient / "myocardium.nii.gz", case.mask, case.geometry)
+    (patient / "segment_myocardium.status.json").write_text(
+        json.dumps({"stage": "segment_myocardium", "status": "ok", "reason": None, "record": {}})
+    )
+
+    def run(config: LandmarkConfig, myocardium: str = "myocardium.nii.gz") -> dict:
+        main([
+            "landmarks", "--average", str(patient / "average.nii.gz"), "--myocardium", str(patient / myocardium),
+            "--upstream", str(patient / "segment_myocardium.status.json"),
+            "--landmarks", str(patient / "landmarks.json"), "--aha", str(patient / "aha17.nii.gz"),
+            "--png", str(patient / "landmarks.png"), "--status", str(patient / "landmarks.status.json"),
+            "--model", "lm", "--manifest", str(models / "manifest.json"), "--device", "cpu",
+            "--config-json", config.model_dump_json(exclude={"training"}),
+        ])
+        return read_json(patient / "landmarks.status.json")
+
+    # an under-trained net detects something; with no confidence floor the stage writes every output
+    status = run(LandmarkConfig(min_confidence=0.0, min_long_axis_mm=0.0))
+    assert status["status"] == "ok", status
+    assert set(status["record"]) == {
+        "landmarks_source", "landmark_conf_min", "landmark_conf_apex", "landmark_conf_base",
+        "landmark_conf_rv_insertion", "lv_long_axis_mm",
+    }
+    found = read_json(patient / "landmarks.json")
+    assert set(found) == {"apex", "base", "rv_insertion"}
+    assert all(len(v["world_mm"]) == 3 and 0 <= v["confidence"] <= 1 for v in found.values())
+    aha, geometry = read_volume(patient / "aha17.nii.gz")
+    assert aha.dtype == np.uint8 and geometry.allclose(case.geometry)
+    assert ((aha > 0) == (case.mask > 0)).all() and aha.max() <= 17
+    expected = aha_segment_map(case.mask, case.geometry, *(found[n]["world_mm"] for n in ("apex", "base", "rv_insertion")))
+    assert (aha == expected).all()
+    assert (patient / "landmarks.png").stat().st_size > 1000
+
+    # a low-confidence landmark: the patient is excluded with a reason naming the stage and the landmark
+    status = run(LandmarkConfig(min_confidence=0.999))
+    assert status["status"] == "excluded"
+    assert status["reason"].startswith("landmarks: average.nii.gz: landmark apex not found"), status["reason"]
+    assert (patient / "aha17.nii.gz").stat().st_size == 0
+
+    # an empty myocardium mask
+    write_volume(patient / "empty.nii.gz", np.zeros_like(case.mask), case.geometry)
+    status = run(LandmarkConfig(), myocardium="empty.nii.gz")
+    assert status["status"] == "excluded" and status["reason"].startswith("landmarks: empty.nii.gz: myocardium mask")
+
+
+def test_check_detection_names_only_the_failing_landmark():
+    from ctp_steps.landmarks.stage import check_detection
+
+    names = ("apex", "base", "rv_insertion")
+    pts = np.array([[50.0, -50.0, -50.0], [0.0, 0.0, 0.0], [-20.0, -25.0, 10.0]])
+    cfg = LandmarkConfig()
+    check_detection(names, pts, np.array([0.9, 0.8, 0.7]), cfg, "average.nii.gz")
+    with pytest.raises(PatientInputError, match=r"^average.nii.gz: landmark rv_insertion not found \(confidence 0.20") as exc:
+        check_detection(names, pts, np.array([0.9, 0.8, 0.2]), cfg, "average.nii.gz")
+    assert "apex" not in str(exc.value) and "base" not in str(exc.value)
+    with pytest.raises(PatientInputError, match="landmark base not found"):
+        check_detection(names, pts, np.array([0.9, np.nan, 0.9]), cfg, "average.nii.gz")
+    with pytest.raises(PatientInputError, match="apex and base only"):
+        check_detection(names, np.array([[1.0, 0, 0], [0, 0, 0], [0, 5.0, 0]]), np.ones(3), cfg, "average.nii.gz")
+    with pytest.raises(PatientInputError, match="rv_insertion unusable"):
+        check_detection(names, np.array([[0, 0, 60.0], [0, 0, 0], [0, 0, 20.0]]), np.ones(3), cfg, "average.nii.gz")
+
+
+def test_config_validates_territories():
+    assert sorted(sum(LandmarkConfig().territories.values(), [])) == list(range(1, 18))
+    with pytest.raises(ValueError, match="every AHA segment"):
+        LandmarkConfig(territories={"LAD": [1, 2], "RCA": [3]})
+    with pytest.raises(ValueError, match="multiple of 4"):
+        LandmarkTrainingConfig(crop_size=30)
+
+
+def test_bullseye_layout_and_plot(tmp_path):
+    from ctp_steps.landmarks.bullseye import plot_bullseye, segment_wedges
+
+    wedges = segment_wedges()
+    assert sorted(wedges) == list(range(1, 18))
+
+    def mid_angle(seg: int) -> float:
+        return ((wedges[seg][2] + wedges[seg][3]) / 2) % 360
+
+    # AHA layout: anterior at the top, septum left, inferior bottom, lateral right
+    assert mid_angle(1) == 90 and mid_angle(7) == 90 and mid_angle(13) == 90
+    assert mid_angle(14) == 180 and mid_angle(15) == 270 and mid_angle(16) == 0
+    assert 90 < mid_angle(2) < 180 and 180 < mid_angle(3) < 270 and mid_angle(4) == 270
+    assert 270 < mid_angle(5) < 360 and 0 < mid_angle(6) < 90
+    assert wedges[17][:2] == (0.0, 0.25) and wedges[1][:2] == (0.75, 1.0)
+    out = tmp_path / "bull.png"
+    plot_bullseye({s: 100.0 + 5 * s for s in range(1, 17)}, "MBF", out, cmap="inferno", vmin=0, vmax=300)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="1..17"):
+        plot_bullseye({18: 1.0}, "x", out)
+
+
+def test_validation_metrics_are_zero_for_exact_landmarks():
+    from ctp_steps.landmarks.validation import landmark_metric_values
+
+    truth = {"apex": [50.0, -50.0, -50.0], "base": [0.0, 0.0, 0.0], "rv_insertion": [-20.0, -25.0, 10.0]}
+    seg = np.array([0, 1, 2, 17, 5], np.uint8)
+    rows = {(m, t): v for m, t, v in landmark_metric_values(truth, truth, seg, seg)}
+    assert rows[("landmark_error_mm", "apex")] == 0 and rows[("segment_label_agreement", "all")] == 1
+    assert rows[("rv_angle_error_deg", "rv_insertion")] == pytest.approx(0, abs=1e-5)
+    shifted = {**truth, "base": [3.0, 4.0, 0.0]}
+    rows = {(m, t): v for m, t, v in landmark_metric_values(truth, shifted, seg, np.array([0, 1, 3, 17, 0], np.uint8))}
+    assert rows[("landmark_error_mm", "base")] == pytest.approx(5.0)
+    assert rows[("segment_label_agreement", "all")] == pytest.approx(0.5)
+    assert rows[("segment_label_agreement", "same_mask")] == pytest.approx(2 / 3)
+
+
+@pytest.mark.workflow
+def test_stage_in_the_workflow_with_shipped_weights(tmp_path):
+    """`stages.landmarks: heatmap` on the tiny cohort: outputs, record and validation rows for every patient."""
+    from ctp_steps.models import read_manifest
+
+    if "landmark_net" not in read_manifest():
+        pytest.skip("models/manifest.json has no landmark_net yet")
+    results = tmp_path / "results"
+    cfg = tiny_config(results, n_patients=2, stages={"landmarks": "heatmap"})
+    targets = [
+        str(results / "validation" / "patients" / c / p / "landmarks.parquet")
+        for c, p in (("CTR-A", "S0001"), ("CTR-B", "S0002"))
+    ]
+    run_snakemake(tmp_path / "work", cfg, *targets)
+    for target in targets:
+        patient = Path(target.replace("/validation/patients/", "/patients/")).parent
+        status = read_json(patient / "landmarks.status.json")
+        assert status["status"] == "ok", status
+        assert status["record"]["landmarks_source"] == "heatmap"
+        assert (patient / "landmarks.png").stat().st_size > 1000
+        metrics = pd.read_parquet(target)
+        assert set(metrics["metric"]) >= {"landmark_error_mm", "segment_label_agreement"}
+        assert metrics["value"].notna().all()
+        err = metrics[metrics["metric"] == "landmark_error_mm"].set_index("target")["value"]
+        assert set(err.index) == {"apex", "base", "rv_insertion"}
+        assert (err < 15.0).all(), err  # the tiny grid has 5-6 mm voxels
