@@ -8,6 +8,7 @@ from pathlib import Path
 from snakemake.utils import min_version, validate
 
 from ctp_steps.config import config_hash, load_config
+from ctp_steps.models import weights_path
 from ctp_steps.workflow import (
     analysis_rule_files,
     cohort_patients,

@@ -75,16 +75,16 @@ class StagesConfig(Strict):
     """
 
     segment_frames: Literal["oracle", "vbnet"] = Field(
-        "oracle", description="Aorta/LV masks per frame and the AIF."
+        "vbnet", description="Aorta/LV masks per frame and the AIF."
     )
     registration: Literal["oracle", "learned", "simpleitk", "none"] = Field(
         "oracle", description="Alignment of all frames to the reference."
     )
     segment_myocardium: Literal["oracle", "vbnet"] = Field(
-        "oracle", description="Myocardium on the registered average."
+        "vbnet", description="Myocardium on the registered average."
     )
     landmarks: Literal["oracle", "heatmap"] = Field(
-        "oracle", description="LV landmarks and the AHA 17-segment map."
+        "heatmap", description="LV landmarks and the AHA 17-segment map."
     )
 
 

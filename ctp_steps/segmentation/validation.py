@@ -1,0 +1,82 @@
+"""Validation of the segmentation stages against the phantom's hidden truth (the `validate` target only).
+
+Per patient (long rows, `ctp_steps.validate.METRIC_COLUMNS`):
+- stage `segment_frames`: `dice` (targets `aorta`, `lv`; pooled over all frames),
+  `dice_min_frame` (worst single frame), `aif_peak_rel_error` (|measured − true|
+  peak enhancement over the frames / true, the truth sampled at the same frame
+  times), `aif_rmse_hu`, and `segment_frames_ok` (0 when the stage excluded the
+  patient; then the other metrics are NaN, counted out of n).
+- stage `segment_myocardium`: `dice` (target `myocardium`) against the true
+  myocardium at the reference anatomy, or, when the register stage records a
+  reference frame index (`reference_frame`), where that frame shows it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ctp_steps.io import read_json, read_series, read_status, read_volume
+from ctp_steps.validate import METRIC_COLUMNS
+
+AORTA, LV_BLOOD, MYOCARDIUM = 1, 2, 3
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    pred, truth = pred.astype(bool), truth.astype(bool)
+    denom = int(pred.sum()) + int(truth.sum())
+    return 1.0 if denom == 0 else 2.0 * int(np.logical_and(pred, truth).sum()) / denom
+
+
+def _frame(rows: list, truth_dir: Path) -> pd.DataFrame:
+    patient_id, center = truth_dir.name, truth_dir.parent.name
+    return pd.DataFrame([(patient_id, center, *r) for r in rows], columns=METRIC_COLUMNS)
+
+
+def frames_metrics(truth_dir: Path, masks_path: Path, aif_path: Path, status_path: Path) -> pd.DataFrame:
+    stage = "segment_frames"
+    names = {AORTA: "aorta", LV_BLOOD: "lv"}
+    if read_status(status_path).status != "ok":
+        rows = [(stage, "segment_frames_ok", "all", 0.0)]
+        rows += [(stage, m, n, np.nan) for n in names.values() for m in ("dice", "dice_min_frame")]
+        rows += [(stage, "aif_peak_rel_error", "aif", np.nan), (stage, "aif_rmse_hu", "aif", np.nan)]
+        return _frame(rows, truth_dir)
+    pred, _ = read_series(masks_path)
+    truth, _ = read_series(truth_dir / "frame_labels.nii.gz")
+    rows = [(stage, "segment_frames_ok", "all", 1.0)]
+    for label, name in names.items():
+        rows.append((stage, "dice", name, dice(pred == label, truth == label)))
+        rows.append((stage, "dice_min_frame", name, min(dice(p == label, t == label) for p, t in zip(pred, truth))))
+    true_aif = np.asarray(read_json(truth_dir / "truth.json")["aif"], dtype=float)
+    measured = pd.read_parquet(aif_path)["enhancement_hu"].to_numpy(dtype=float)
+    rows.append((stage, "aif_peak_rel_error", "aif", abs(measured.max() - true_aif.max()) / true_aif.max()))
+    rows.append((stage, "aif_rmse_hu", "aif", float(np.sqrt(np.mean((measured - true_aif) ** 2)))))
+    return _frame(rows, truth_dir)
+
+
+def _reference_frame(register_status: Path | None) -> int | None:
+    if register_status is None or not register_status.exists():
+        return None
+    ref = read_status(register_status).record.get("reference_frame")
+    return int(ref) if isinstance(ref, (int, np.integer)) else None
+
+
+def myocardium_metrics(
+    truth_dir: Path, mask_path: Path, status_path: Path, register_status: Path | None = None
+) -> pd.DataFrame:
+    stage = "segment_myocardium"
+    if read_status(status_path).status != "ok":
+        return _frame([(stage, "segment_myocardium_ok", "all", 0.0), (stage, "dice", "myocardium", np.nan)], truth_dir)
+    pred, _ = read_volume(mask_path)
+    ref = _reference_frame(register_status)
+    if ref is None:
+        truth, _ = read_volume(truth_dir / "labels.nii.gz")
+    else:
+        truth = read_series(truth_dir / "frame_labels.nii.gz")[0][ref]
+    rows = [
+        (stage, "segment_myocardium_ok", "all", 1.0),
+        (stage, "dice", "myocardium", dice(pred == 1, truth == MYOCARDIUM)),
+    ]
+    return _frame(rows, truth_dir)
