@@ -24,15 +24,18 @@ REPO = Path(workflow.basedir)
 configfile: REPO / "config" / "config.yaml"
 
 
+envvars:
+    "PATH",
+
+
+CFG = load_config(config)  # pydantic first: it lists every problem at once
 validate(config, REPO / "config" / "config.schema.json")
-CFG = load_config(config)
 CONFIG_HASH = config_hash(CFG)
 PATIENTS = cohort_patients(CFG)
 
 RESULTS = CFG.results_dir
 # Rules call the `ctp-steps` command of the environment running Snakemake (the project's venv).
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-PY = sys.executable
 
 
 include: "rules/common.smk"

@@ -15,7 +15,7 @@ rule risk:
         report=f"{RISK_DIR}/report.md",
         summary=f"{RISK_DIR}/summary.txt",
     params:
-        out_dir=RISK_DIR,
+        out_dir=lambda wc, output: str(Path(output.summary).parent),
         covariates=CFG.covariates,
         risk=CFG.risk.model_dump_json(),
         code=stage_fingerprint("risk.py", "commands/risk.py"),

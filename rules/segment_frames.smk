@@ -45,7 +45,7 @@ rule segment_frames:
     conda:
         "../envs/imaging.yaml"
     shell:
-        "{PY} -m ctp_steps segment-frames --series {input.series:q} --frames {input.frames:q}"
+        "ctp-steps segment-frames --series {input.series:q} --frames {input.frames:q}"
         " --weights {input.weights:q} --model {params.model:q} --device {params.device}"
         " --upstream {input.upstream:q} --out-dir {params.out_dir:q} --config-json {params.config:q}"
         " > {log:q} 2>&1"
@@ -76,5 +76,5 @@ rule validate_segment_frames:
     conda:
         "../envs/imaging.yaml"
     shell:
-        "{PY} -m ctp_steps validate-segmentation frames --truth-dir {params.truth_dir:q} --masks {input.masks:q}"
+        "ctp-steps validate-segmentation frames --truth-dir {params.truth_dir:q} --masks {input.masks:q}"
         " --aif {input.aif:q} --status {input.status:q} --out {output:q} > {log:q} 2>&1"

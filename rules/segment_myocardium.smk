@@ -42,7 +42,7 @@ rule segment_myocardium:
     conda:
         "../envs/imaging.yaml"
     shell:
-        "{PY} -m ctp_steps segment-myocardium --average {input.average:q}"
+        "ctp-steps segment-myocardium --average {input.average:q}"
         " --weights {input.weights:q} --model {params.model:q} --device {params.device}"
         " --upstream {input.upstream:q} --out-dir {params.out_dir:q} --config-json {params.config:q}"
         " > {log:q} 2>&1"
@@ -73,5 +73,5 @@ rule validate_segment_myocardium:
     conda:
         "../envs/imaging.yaml"
     shell:
-        "{PY} -m ctp_steps validate-segmentation myocardium --truth-dir {params.truth_dir:q} --masks {input.mask:q}"
+        "ctp-steps validate-segmentation myocardium --truth-dir {params.truth_dir:q} --masks {input.mask:q}"
         " --status {input.status:q} --register-status {input.register_status:q} --out {output:q} > {log:q} 2>&1"

@@ -38,7 +38,7 @@ rule validate:
     output:
         f"{RESULTS}/validation/summary.parquet",
     params:
-        out_dir=f"{RESULTS}/validation",
+        out_dir=lambda wc, output: str(Path(output[0]).parent),
         code=stage_fingerprint("validate.py", "commands/validate.py"),
     log:
         f"{LOGS}/validation_summary.log",

@@ -35,7 +35,7 @@ rule segmentation_training_case:
     conda:
         "../../envs/imaging.yaml"
     shell:
-        "{PY} -m ctp_steps segmentation-data --patients {wildcards.case} --out-dir {params.out_dir:q}"
+        "ctp-steps segmentation-data --patients {wildcards.case} --out-dir {params.out_dir:q}"
         " --config-json {params.config:q} > {log:q} 2>&1"
 
 
@@ -63,7 +63,7 @@ rule train_vbnet:
     conda:
         "../../envs/imaging.yaml"
     shell:
-        "{PY} -m ctp_steps train-segmentation {wildcards.task} --train {input.train:q} --val {input.val:q}"
+        "ctp-steps train-segmentation {wildcards.task} --train {input.train:q} --val {input.val:q}"
         " --out {output.weights:q} --report {output.report:q} --device {params.device}"
         " --config-json {params.config:q} --command-line 'snakemake train (rule train_vbnet, task {wildcards.task})'"
         " > {log:q} 2>&1"
