@@ -48,6 +48,7 @@ for rule_file in analysis_rule_files(CFG):
     include: rule_file
 
 
+
 include: "rules/cohort.smk"
 include: "rules/risk.smk"
 include: "rules/validate.smk"

@@ -43,7 +43,8 @@ def main() -> None:
     from ctp_steps.aha import aha_segment_map
     from ctp_steps.landmarks.crop import crop_channels
     from ctp_steps.landmarks.data import make_cases
-    from ctp_steps.landmarks.infer import LandmarkDetector, resolve_device
+    from ctp_steps.devices import resolve_device
+    from ctp_steps.landmarks.infer import LandmarkDetector
     from ctp_steps.landmarks.net import LandmarkNet
     from ctp_steps.landmarks.config import LandmarkGridConfig
     from ctp_steps.models import verified_weights

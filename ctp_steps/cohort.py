@@ -49,12 +49,30 @@ PATIENT_COLUMNS: list[pa.Field] = [
     pa.field("lv_long_axis_mm", pa.float64()),
     # MBF in mL/100mL/min; IMV in mL and % of LV myocardium (null until those stages run).
     pa.field("myocardium_ml", pa.float64()),
+    pa.field("mbf_method", pa.string()),
     pa.field("mbf_global", pa.float64()),
+    pa.field("mbf_raw_global", pa.float64()),
     pa.field("mbf_lad", pa.float64()),
     pa.field("mbf_rca", pa.float64()),
     pa.field("mbf_lcx", pa.float64()),
+    pa.field("mbf_myocardium_ml", pa.float64()),
+    pa.field("mbf_aif_peak_hu", pa.float64()),
+    pa.field("mbf_aif_baseline_hu", pa.float64()),
+    pa.field("mbf_aif_fit_rms_hu", pa.float64()),
+    pa.field("bolus_arrival_s", pa.float64()),
+    pa.field("tissue_delay_s", pa.float64()),
+    pa.field("n_baseline_frames", pa.int32()),
+    pa.field("imv_mode", pa.string()),
+    pa.field("imv_threshold", pa.float64()),
     pa.field("imv_ml", pa.float64()),
     pa.field("imv_pct", pa.float64()),
+    pa.field("imv_ml_lad", pa.float64()),
+    pa.field("imv_ml_rca", pa.float64()),
+    pa.field("imv_ml_lcx", pa.float64()),
+    pa.field("imv_pct_lad", pa.float64()),
+    pa.field("imv_pct_rca", pa.float64()),
+    pa.field("imv_pct_lcx", pa.float64()),
+    pa.field("imv_n_clusters", pa.int32()),
     pa.field("followup_days", pa.float64()),
     pa.field("event", pa.int8()),
 ]
@@ -103,9 +121,9 @@ def write_patients_table(
     unknown = set(table.columns) - set(schema.names)
     if unknown:
         raise ValueError(f"stage records carry columns not in the patients schema: {sorted(unknown)}")
-    table = table.assign(software_version=__version__, config_hash=config_hash)
+    table = table.assign(software_version=__version__, config_hash=config_hash).reindex(columns=schema.names)
     for field in schema:
         if pa.types.is_integer(field.type):  # nullable: excluded patients have no frame count
             table[field.name] = table[field.name].astype(f"Int{field.type.bit_width}")
-    arrow = pa.Table.from_pandas(table.reindex(columns=schema.names), schema=schema, preserve_index=False)
+    arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
     write_parquet(out, arrow, metadata={"ctp_cohort_schema_version": SCHEMA_VERSION})

@@ -14,7 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ctp_steps.imv import IMVConfig
 from ctp_steps.landmarks.config import LandmarkConfig
+from ctp_steps.mbf.config import MBFConfig
 from ctp_steps.phantom.outcomes import OutcomeParams
 from ctp_steps.phantom.params import PhantomParams
 from ctp_steps.registration.config import RegistrationConfig
@@ -104,6 +106,8 @@ class PipelineConfig(Strict):
     segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
     registration: RegistrationConfig = Field(default_factory=RegistrationConfig)
     landmarks: LandmarkConfig = Field(default_factory=LandmarkConfig)
+    mbf: MBFConfig = Field(default_factory=MBFConfig)
+    imv: IMVConfig = Field(default_factory=IMVConfig)
     risk: RiskConfig = Field(default_factory=RiskConfig)
 
     @model_validator(mode="after")

@@ -73,13 +73,16 @@ ANALYSIS_STAGES = {
     "segment_myocardium": "segment_myocardium",
     "landmarks": "landmarks",
 }
+# Quantification after the analysis stages; they have no oracle and run only on a complete chain.
+QUANTIFICATION_RULE_FILES = ("rules/mbf.smk", "rules/imv.smk")
 
 
 def analysis_rule_files(cfg: PipelineConfig) -> list[str]:
     """The .smk file of each configured stage implementation, in chain order.
 
     An oracle stage needs the phantom's truth: on a user manifest the chain is
-    cut before the first one (the rows then end at the last real stage).
+    cut before the first one (the rows then end at the last real stage), and
+    MBF and IMV, which need every analysis stage, are left out.
     """
     files = []
     for stage, key in ANALYSIS_STAGES.items():
@@ -90,6 +93,8 @@ def analysis_rule_files(cfg: PipelineConfig) -> list[str]:
             files.append(f"rules/oracle/{stage}.smk")
         else:  # the stage's .smk picks the method (e.g. register: learned|simpleitk|none)
             files.append(f"rules/{stage}.smk")
+    else:
+        files += QUANTIFICATION_RULE_FILES
     return files
 
 

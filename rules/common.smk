@@ -9,6 +9,8 @@ LOGS = f"{RESULTS}/logs"
 PATIENT_STAGES: list[str] = []
 # Per-patient validation metric files (patterns with {center} and {patient}).
 VALIDATION_METRICS: list[str] = []
+# Cohort-level validation tables (e.g. the segment MBF agreement over all patients).
+VALIDATION_COHORT_METRICS: list[str] = []
 
 CENTERS = [p.center for p in PATIENTS]
 PATIENT_IDS = [p.patient_id for p in PATIENTS]
@@ -48,4 +50,4 @@ def validation_inputs() -> list[str]:
         raise WorkflowError(
             "validate needs the synthetic cohort's ground truth; a user manifest has none"
         )
-    return [f for pattern in VALIDATION_METRICS for f in per_patient(pattern)]
+    return [f for pattern in VALIDATION_METRICS for f in per_patient(pattern)] + VALIDATION_COHORT_METRICS

@@ -19,7 +19,7 @@ rule landmarks:
         config=CFG.landmarks.model_dump_json(exclude={"training"}),
         model=CFG.landmarks.model,
         device=CFG.device,
-        code=stage_fingerprint("landmarks", "aha.py", "commands/landmarks.py"),
+        code=stage_fingerprint("landmarks", "aha.py", "devices.py", "commands/landmarks.py"),
     log:
         f"{LOGS}/landmarks/{{center}}/{{patient}}.log",
     resources:
@@ -49,11 +49,14 @@ rule validate_landmarks:
         landmarks=f"{PATIENT_DIR}/landmarks.json",
         aha=f"{PATIENT_DIR}/aha17.nii.gz",
         status=f"{PATIENT_DIR}/landmarks.status.json",
+        register_status=f"{PATIENT_DIR}/register.status.json",  # its record may name the reference frame
     output:
         f"{RESULTS}/validation/patients/{{center}}/{{patient}}/landmarks.parquet",
     params:
         truth_dir=lambda wc, input: str(Path(input.truth).parent),
-        code=stage_fingerprint("landmarks/validation.py", "validate.py", "commands/landmarks.py"),
+        code=stage_fingerprint(
+            "landmarks/validation.py", "registration/validation.py", "validate.py", "commands/landmarks.py"
+        ),
     log:
         f"{LOGS}/validate/landmarks/{{center}}/{{patient}}.log",
     resources:
@@ -65,4 +68,5 @@ rule validate_landmarks:
         "../envs/imaging.yaml"
     shell:
         "ctp-steps validate-landmarks --truth-dir {params.truth_dir:q} --landmarks {input.landmarks:q}"
-        " --aha {input.aha:q} --status {input.status:q} --out {output:q} > {log:q} 2>&1"
+        " --aha {input.aha:q} --status {input.status:q} --register-status {input.register_status:q}"
+        " --out {output:q} > {log:q} 2>&1"

@@ -11,6 +11,7 @@ SEGMENTATION_INFERENCE_CODE = stage_fingerprint(
     "segmentation/postprocess.py",
     "segmentation/aif.py",
     "segmentation/config.py",
+    "devices.py",
     "commands/segmentation.py",
 )
 # Only the inference settings: new training settings do not rerun the cohort (new weights do).

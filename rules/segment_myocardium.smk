@@ -10,6 +10,7 @@ SEGMENTATION_INFERENCE_CODE = stage_fingerprint(
     "segmentation/postprocess.py",
     "segmentation/aif.py",
     "segmentation/config.py",
+    "devices.py",
     "commands/segmentation.py",
 )
 SEGMENTATION_INFERENCE_CONFIG = CFG.segmentation.model_dump_json(exclude={"network", "training"})
@@ -62,7 +63,9 @@ rule validate_segment_myocardium:
         f"{RESULTS}/validation/patients/{{center}}/{{patient}}/segment_myocardium.parquet",
     params:
         truth_dir=lambda wc, input: str(Path(input.truth).parent),
-        code=stage_fingerprint("segmentation/validation.py", "validate.py", "commands/segmentation.py"),
+        code=stage_fingerprint(
+            "segmentation/validation.py", "registration/validation.py", "validate.py", "commands/segmentation.py"
+        ),
     log:
         f"{LOGS}/validate/segment_myocardium/{{center}}/{{patient}}.log",
     resources:

@@ -31,10 +31,10 @@ def segment_wedges() -> dict[int, tuple[float, float, float, float]]:
     return out
 
 
-def plot_bullseye(
+def draw_bullseye(
+    ax,
     values: Mapping[int, float],
     title: str,
-    out_png: str | Path,
     cmap: str = "viridis",
     vmin: float | None = None,
     vmax: float | None = None,
@@ -42,15 +42,10 @@ def plot_bullseye(
     annotate: bool = True,
     fmt: str = "{:.0f}",
 ) -> None:
-    """Draw `values` (segment 1..17 → value; missing or NaN: grey, hatched) as an AHA polar map PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """Draw `values` (segment 1..17 → value; missing or NaN: grey, hatched) as an AHA polar map into `ax`."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import Normalize
     from matplotlib.patches import Wedge
-
-    from ctp_steps.io import atomic_path
 
     bad = [s for s in values if s not in range(1, 18)]
     if bad:
@@ -61,7 +56,6 @@ def plot_bullseye(
     norm = Normalize(lo, hi if hi > lo else lo + 1.0)
     colormap = plt.get_cmap(cmap)
 
-    fig, ax = plt.subplots(figsize=(5.2, 4.4))
     for seg, (r0, r1, a0, a1) in segment_wedges().items():
         v = values.get(seg)
         ok = v is not None and math.isfinite(float(v))
@@ -86,9 +80,20 @@ def plot_bullseye(
     ax.set_aspect("equal")
     ax.axis("off")
     ax.set_title(title, fontsize=10)
-    sm = plt.cm.ScalarMappable(norm=norm, cmap=colormap)
-    fig.colorbar(sm, ax=ax, fraction=0.046, pad=0.02, label=label)
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
+    ax.figure.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=colormap), ax=ax, fraction=0.046, pad=0.02, label=label)
+
+
+def plot_bullseye(values: Mapping[int, float], title: str, out_png: str | Path, **style) -> None:
+    """`draw_bullseye` alone in a PNG, written atomically; `style` as draw_bullseye's keywords."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ctp_steps.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    draw_bullseye(ax, values, title, **style)
+    with atomic_path(Path(out_png)) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)

@@ -21,15 +21,6 @@ from ctp_steps.landmarks.net import LandmarkNet, load_checkpoint
 from ctp_steps.types import Geometry
 
 
-def resolve_device(device: str) -> torch.device:
-    """`auto` → CUDA when present, else CPU; `cuda` without a GPU fails loudly."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("config device: cuda, but torch sees no CUDA device")
-    return torch.device(device)
-
-
 @dataclass(frozen=True)
 class Detection:
     names: tuple[str, ...]

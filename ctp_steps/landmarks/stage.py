@@ -57,7 +57,8 @@ def run_landmarks(
     title: str = "",
 ) -> dict:
     """Detect, check, write the outputs; return the record for patients.parquet."""
-    from ctp_steps.landmarks.infer import LandmarkDetector, resolve_device
+    from ctp_steps.devices import resolve_device
+    from ctp_steps.landmarks.infer import LandmarkDetector
 
     image, geometry = read_volume(average_path)
     mask, mask_geometry = read_volume(myocardium_path)

@@ -41,7 +41,8 @@ def checked_weights(name: str, weights: Path, manifest: Path = MANIFEST) -> tupl
 def _load(name: str, weights: Path, device: str, manifest: Path, threads: int):
     import torch
 
-    from ctp_steps.segmentation.infer import load_model, resolve_device
+    from ctp_steps.devices import resolve_device
+    from ctp_steps.segmentation.infer import load_model
 
     torch.set_num_threads(threads)
     path, sha = checked_weights(name, weights, manifest)

@@ -217,7 +217,7 @@ def train_model(
     """Train one model, keep the best validation checkpoint at `out`; returns the training report."""
     from tqdm import tqdm
 
-    from ctp_steps.segmentation.infer import resolve_device
+    from ctp_steps.devices import resolve_device
 
     if task not in TASK_CLASSES:
         raise ValueError(f"unknown task {task!r}")

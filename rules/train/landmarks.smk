@@ -47,7 +47,7 @@ rule train_landmark_net:
         config=LANDMARK_TRAINING.model_dump_json(),
         apex_cap_fraction=CFG.landmarks.apex_cap_fraction,
         device=CFG.device,
-        code=stage_fingerprint("landmarks", "aha.py", "commands/landmarks.py"),
+        code=stage_fingerprint("landmarks", "aha.py", "devices.py", "commands/landmarks.py"),
     log:
         f"{LOGS}/training/landmark_net/train.log",
     resources:

@@ -52,7 +52,7 @@ rule train_vbnet:
         # the network and training sections only: inference settings do not retrain
         config=CFG.segmentation.model_dump_json(include={"network", "training"}),
         device=CFG.device,
-        code=stage_fingerprint("segmentation", "commands/segmentation.py"),
+        code=stage_fingerprint("segmentation", "devices.py", "commands/segmentation.py"),
     log:
         f"{LOGS}/training/vbnet_{{task}}.log",
     resources:

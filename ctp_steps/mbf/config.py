@@ -1,0 +1,84 @@
+"""The MBF stage's configuration (`mbf:` in config.yaml); importing it loads no torch."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Method = Literal["upslope", "one_compartment", "fermi"]
+METHODS: tuple[Method, ...] = ("upslope", "one_compartment", "fermi")
+
+
+class RegularisationConfig(BaseModel):
+    """How `mbf.nii.gz` is made from noisy voxel curves (the voxel-wise fit stays in `mbf_raw.nii.gz`).
+
+    Each voxel's curve is replaced by an edge-preserving weighted mean of the
+    curves of nearby deep voxels of its AHA segment, guided by the previous
+    pass's map (see ctp_steps/mbf/regularise.py); with `shared_kinetics`, the
+    one-compartment delay, ve and vb are fitted once per patient on the mean
+    deep-voxel curve and each voxel fits K1 alone.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="Regularise; false makes mbf.nii.gz the voxel-wise fit.")
+    radius_mm: float = Field(20.0, gt=0, le=40, description="Neighbourhood radius (mm).")
+    spatial_sigma_mm: float = Field(10.0, gt=0, le=40, description="Gaussian width of the distance weight (mm).")
+    range_sigma: float = Field(
+        20.0,
+        gt=0,
+        description="Gaussian width of the weight on guide differences, in mL/100mL/min of the fitted rate "
+        "(K1 for one_compartment, before the extraction correction).",
+    )
+    passes: int = Field(2, ge=0, le=5, description="Guided passes after the first, unguided one.")
+    same_segment: bool = Field(True, description="Average only within one AHA segment.")
+    min_depth_mm: float = Field(
+        4.0,
+        ge=0,
+        description="Curves of voxels at least this far inside the myocardium mask are the sources of the "
+        "averages and of the shared kinetics (the deepest voxels where the wall is thinner); nearer the "
+        "boundary, blood-pool and fat partial volume bias the curves. 0: every voxel.",
+    )
+    shared_kinetics: bool = Field(
+        True, description="one_compartment: one delay, ve = K1/k2 and vb per patient (from the mean curve of "
+        "the deep voxels); voxels fit K1 alone."
+    )
+
+
+class MBFConfig(BaseModel):
+    """Myocardial blood flow: curves, fitting method, extraction correction, numerics."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Method = Field(
+        "one_compartment",
+        description="upslope (max tissue slope / peak AIF), one_compartment (K1, k2, vb, delay) "
+        "or fermi (Fermi-constrained deconvolution, MBF = residue amplitude).",
+    )
+    renkin_crone: bool = Field(
+        True,
+        description="one_compartment: MBF from K1 = MBF*(1-exp(-PS/MBF)); false takes MBF = K1 (extraction 1).",
+    )
+    ps_ml_100ml_min: float = Field(
+        120.0, gt=0, description="Capillary permeability-surface product of iodine (mL/100mL/min) in Renkin-Crone."
+    )
+    max_mbf: float = Field(
+        600.0,
+        gt=0,
+        description="Ceiling of the Renkin-Crone correction (mL/100mL/min): K1 tends to PS as flow grows, "
+        "so K1 cannot tell higher flows apart.",
+    )
+    min_aif_peak_hu: float = Field(
+        100.0, ge=0, description="AIF peak enhancement below this excludes the patient (missed or weak bolus)."
+    )
+    aif_model: Literal["gamma_variate", "linear"] = Field(
+        "gamma_variate",
+        description="AIF between frames: fitted first-pass + recirculation gamma variates, or linear interpolation.",
+    )
+    max_delay_s: float = Field(10.0, ge=0, le=30, description="Upper bound of the AIF-to-tissue delay (s).")
+    max_iter: int = Field(60, ge=1, le=500, description="Levenberg-Marquardt iterations at most.")
+    chunk_voxels: int = Field(20_000, ge=100, description="Voxels fitted at once; bounds memory.")
+    regularisation: RegularisationConfig = Field(
+        default_factory=RegularisationConfig, description="How mbf.nii.gz is made from noisy voxel curves."
+    )

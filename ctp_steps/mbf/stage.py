@@ -1,0 +1,148 @@
+"""The MBF stage on files: read the patient's inputs, estimate, write maps, tables, QC figure, record."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ctp_steps.aha import SEGMENT_TERRITORY, TERRITORY_SEGMENTS
+from ctp_steps.io import read_json, read_series, read_volume, write_parquet, write_volume
+from ctp_steps.mbf.config import MBFConfig
+from ctp_steps.mbf.estimate import MBFEstimate, PerfusionInputs, estimate_mbf
+from ctp_steps.mbf.fit import model_curves
+from ctp_steps.mbf.tac import N_SEGMENTS, read_aif
+from ctp_steps.types import Geometry
+
+PLOT_DT_S = 0.25
+
+
+@dataclass(frozen=True)
+class MBFInputPaths:
+    frames: Path
+    series: Path  # registered.nii.gz
+    myocardium: Path
+    aha17: Path
+    aif: Path
+
+
+@dataclass(frozen=True)
+class MBFOutputPaths:
+    mbf: Path
+    mbf_raw: Path
+    tac: Path
+    segments: Path
+    qc: Path
+    blood_volume: Path | None  # one_compartment only
+
+
+def read_inputs(paths: MBFInputPaths) -> PerfusionInputs:
+    """The stage's inputs as arrays; a geometry mismatch between them is a bug upstream (ValueError)."""
+    frames = read_json(paths.frames)
+    series, geometry = read_series(paths.series)
+    myocardium, g_myo = read_volume(paths.myocardium)
+    aha17, g_aha = read_volume(paths.aha17)
+    for name, g in (("myocardium", g_myo), ("aha17", g_aha)):
+        if not g.allclose(geometry):
+            raise ValueError(f"{name} geometry differs from {paths.series}")
+    times = np.asarray(frames["frame_times_s"], dtype=float)
+    if len(times) != series.shape[0]:
+        raise ValueError(f"{paths.frames}: {len(times)} frame times for {series.shape[0]} frames")
+    return PerfusionInputs(
+        series_hu=series,
+        geometry=geometry,
+        times_s=times,
+        aif_hu=read_aif(paths.aif, frames["frame_times_s"]),
+        myocardium=myocardium > 0,
+        aha17=aha17,
+    )
+
+
+def voxel_ml(geometry: Geometry) -> float:
+    return float(np.prod(geometry.spacing)) / 1000.0
+
+
+def segment_table(est: MBFEstimate, geometry: Geometry) -> pd.DataFrame:
+    """17 rows: MBF statistics of the regularised map per AHA segment (NaN where a segment is empty)."""
+    rows = []
+    curve_fit = dict(zip(est.segment_ids.tolist(), est.segment_fit.mbf.tolist()))
+    for s in range(1, N_SEGMENTS + 1):
+        sel = est.segments == s
+        values, raw = est.regularised.mbf[sel], est.raw.mbf[sel]
+        rows.append(
+            {
+                "segment": s,
+                "territory": SEGMENT_TERRITORY[s],
+                "mbf_mean": float(values.mean()) if values.size else math.nan,
+                "mbf_median": float(np.median(values)) if values.size else math.nan,
+                "mbf_sd": float(values.std()) if values.size else math.nan,
+                "mbf_raw_mean": float(raw.mean()) if raw.size else math.nan,
+                "mbf_curve_fit": curve_fit.get(s, math.nan),
+                "n_voxels": int(sel.sum()),
+                "volume_ml": float(sel.sum() * voxel_ml(geometry)),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def tac_table(est: MBFEstimate) -> pd.DataFrame:
+    """Long table of curves: the AIF (measured, model) and each segment's mean curve (measured, fitted)."""
+    aif = est.aif
+    fine = np.arange(0.0, aif.times_s[-1] + 1e-9, PLOT_DT_S)
+
+    def rows(curve: str, segment: int, kind: str, times: np.ndarray, hu: np.ndarray) -> pd.DataFrame:
+        return pd.DataFrame({"curve": curve, "segment": segment, "kind": kind, "time_s": times, "hu": hu})
+
+    parts = [rows("aif", 0, "measured", aif.times_s, aif.enhancement_hu), rows("aif", 0, "model", fine, aif.curve(fine))]
+    fitted = model_curves(est.segment_fit, est.method, aif, fine) if est.method != "upslope" else None
+    for i, s in enumerate(est.segment_ids):
+        parts.append(rows("segment", int(s), "measured", aif.times_s, est.segment_curves[i]))
+        if fitted is not None:
+            parts.append(rows("segment", int(s), "fitted", fine, fitted[i]))
+    table = pd.concat(parts, ignore_index=True)
+    return table.astype({"segment": "int64", "time_s": "float64", "hu": "float64"})
+
+
+def _mean_or_none(values: np.ndarray) -> float | None:
+    return float(values.mean()) if values.size else None
+
+
+def mbf_record(est: MBFEstimate, geometry: Geometry) -> dict:
+    """The stage's columns in patients.parquet (None where undefined)."""
+    mbf = est.regularised.mbf
+    record = {
+        "mbf_global": _mean_or_none(mbf),
+        "mbf_raw_global": _mean_or_none(est.raw.mbf),
+        "mbf_myocardium_ml": float(est.mask.sum() * voxel_ml(geometry)),
+        "mbf_aif_peak_hu": est.aif.peak_hu,
+        "mbf_aif_baseline_hu": est.aif.baseline_hu,
+        "mbf_aif_fit_rms_hu": est.aif.fit_rms_hu,
+        "bolus_arrival_s": est.aif.arrival_s,
+        "n_baseline_frames": est.aif.n_baseline,
+        "mbf_method": est.method,
+        "tissue_delay_s": None if math.isnan(est.tissue_delay_s) else est.tissue_delay_s,
+    }
+    for terr, segs in TERRITORY_SEGMENTS.items():
+        record[f"mbf_{terr.lower()}"] = _mean_or_none(mbf[np.isin(est.segments, segs)])
+    return record
+
+
+def run_mbf(inputs: MBFInputPaths, outputs: MBFOutputPaths, cfg: MBFConfig, device: torch.device) -> dict:
+    """Estimate MBF for one patient and write every output; returns the record."""
+    from ctp_steps.mbf.plots import mbf_figure
+
+    data = read_inputs(inputs)
+    est = estimate_mbf(data, cfg, device)
+    write_volume(outputs.mbf, est.volume(est.regularised.mbf), data.geometry)
+    write_volume(outputs.mbf_raw, est.volume(est.raw.mbf), data.geometry)
+    if outputs.blood_volume is not None:
+        write_volume(outputs.blood_volume, est.volume(est.raw.params["vb"]), data.geometry)
+    write_parquet(outputs.tac, tac_table(est))
+    segments = segment_table(est, data.geometry)
+    write_parquet(outputs.segments, segments, metadata={"method": est.method, "units": "mL/100mL/min"})
+    mbf_figure(est, segments, outputs.qc)
+    return mbf_record(est, data.geometry)

@@ -1,0 +1,196 @@
+"""MBF and IMV against the phantom's truth: per-patient metrics, and the cohort's segment agreement.
+
+Only the validation rules call this module; it reads the truth folder.
+Per-patient rows follow ctp_steps.validate (patient_id, center, stage, metric,
+target, value). MBF metrics have one target per method and map: `<method>`
+for the regularised map (`mbf.nii.gz` for the configured method; the others
+are re-estimated here from the same inputs), `<method>_raw` for the voxel-wise
+fit. The segment-level agreement (ICC, Bland-Altman) needs every patient, so
+each patient also writes its segment comparison (`segment_rows`) and one
+cohort rule (`cohort_segment_metrics`) turns them into rows with
+patient_id = center = "all".
+
+Definitions:
+- mbf_global_bias_pct = 100 (mean MBF over the pipeline's myocardium - true global MBF) / true global MBF
+- mbf_voxel_rel_rmse = RMS(MBF - true MBF) / mean true MBF, over voxels in both myocardium masks
+- mbf_segment_icc = ICC(2,1): two-way random effects, absolute agreement, single measure
+  (Shrout & Fleiss 1979), segments of all patients as subjects, estimate and truth as raters
+- mbf_segment_ba_bias / _loa_low / _loa_high = Bland-Altman mean difference and 95 % limits
+- imv_pct_abs_error = |IMV% - true IMV%|, imv_pct_error its signed value
+- ischemia_dice = Dice of the ischemic masks, only where true IMV% >= 5 (NaN elsewhere)
+
+The truth maps describe the phantom's un-moved anatomy; the pipeline's maps are
+in the space of the registration's reference frame, so the maps are first moved
+there (`truth_maps`); segment and global truths are means over tissue and need no move.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ctp_steps.aha import TERRITORY_SEGMENTS
+from ctp_steps.io import read_json, read_status, read_volume
+from ctp_steps.types import Geometry
+from ctp_steps.validate import METRIC_COLUMNS
+
+MYOCARDIUM_LABEL = 3
+DICE_MIN_TRUE_IMV_PCT = 5.0
+SEGMENT_COLUMNS = ["patient_id", "center", "target", "segment", "mbf_est", "mbf_true"]
+
+
+def _keys(truth_dir: Path) -> tuple[str, str]:
+    return truth_dir.name, truth_dir.parent.name
+
+
+def _rows(truth_dir: Path, stage: str, rows: list[tuple[str, str, float]]) -> pd.DataFrame:
+    patient_id, center = _keys(truth_dir)
+    return pd.DataFrame([(patient_id, center, stage, *r) for r in rows], columns=METRIC_COLUMNS)
+
+
+def truth_maps(truth_dir: Path, patient_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, Geometry]:
+    """True MBF, labels and AHA segments as the registered series shows them, and their geometry."""
+    from ctp_steps.registration.validation import reference_motion, truth_in_reference_frame
+
+    motion = reference_motion(truth_dir, patient_dir)
+    mbf, geometry = read_volume(truth_dir / "mbf.nii.gz")
+    labels, _ = read_volume(truth_dir / "labels.nii.gz")
+    aha17, _ = read_volume(truth_dir / "aha17.nii.gz")
+    return (
+        truth_in_reference_frame(mbf, geometry, motion, order=1),
+        truth_in_reference_frame(labels, geometry, motion),
+        truth_in_reference_frame(aha17, geometry, motion),
+        geometry,
+    )
+
+
+def map_metrics(est: np.ndarray, mask: np.ndarray, truth: np.ndarray, true_myo: np.ndarray, true_global: float) -> dict:
+    """Global bias % and voxel relative RMSE of one MBF map."""
+    both = mask & true_myo
+    diff = est[both] - truth[both]
+    return {
+        "mbf_global_bias_pct": 100.0 * (float(est[mask].mean()) - true_global) / true_global,
+        "mbf_voxel_rel_rmse": float(np.sqrt(np.mean(diff**2)) / truth[both].mean()) if both.any() else math.nan,
+    }
+
+
+def segment_means(mbf: np.ndarray, mask: np.ndarray, aha17: np.ndarray) -> np.ndarray:
+    """Mean MBF of segments 1..17 (NaN where empty)."""
+    return np.array(
+        [float(mbf[mask & (aha17 == s)].mean()) if (mask & (aha17 == s)).any() else math.nan for s in range(1, 18)]
+    )
+
+
+def mbf_patient_metrics(
+    truth_dir: Path, patient_dir: Path, mbf_config_json: str, device_name: str = "auto"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(metric rows, segment comparison rows) of one patient, for every method, raw and regularised."""
+    from ctp_steps.mbf.config import METHODS, MBFConfig
+    from ctp_steps.mbf.estimate import estimate_mbf
+    from ctp_steps.devices import resolve_device
+    from ctp_steps.mbf.stage import MBFInputPaths, read_inputs
+
+    patient_id, center = _keys(truth_dir)
+    if read_status(patient_dir / "mbf.status.json").status != "ok":
+        return _rows(truth_dir, "mbf", [("mbf_ok", "all", 0.0)]), pd.DataFrame(columns=SEGMENT_COLUMNS)
+    cfg = MBFConfig.model_validate_json(mbf_config_json)
+    truth = read_json(truth_dir / "truth.json")
+    true_mbf, labels, _, _ = truth_maps(truth_dir, patient_dir)
+    true_myo = labels == MYOCARDIUM_LABEL
+    true_segments = np.array([math.nan if v is None else v for v in truth["mbf_segments"]], dtype=float)
+    inputs = read_inputs(
+        MBFInputPaths(
+            frames=patient_dir / "frames.json",
+            series=patient_dir / "registered.nii.gz",
+            myocardium=patient_dir / "myocardium.nii.gz",
+            aha17=patient_dir / "aha17.nii.gz",
+            aif=patient_dir / "aif.parquet",
+        )
+    )
+    mask, aha = inputs.myocardium, inputs.aha17
+    maps = {  # the stage's own maps for the configured method
+        cfg.method: read_volume(patient_dir / "mbf.nii.gz")[0],
+        f"{cfg.method}_raw": read_volume(patient_dir / "mbf_raw.nii.gz")[0],
+    }
+    device = resolve_device(device_name)
+    for method in METHODS:
+        if method != cfg.method:
+            est = estimate_mbf(inputs, cfg, device, method=method)
+            maps[method], maps[f"{method}_raw"] = est.volume(est.regularised.mbf), est.volume(est.raw.mbf)
+    rows, segment_rows = [("mbf_ok", "all", 1.0)], []
+    for target, mbf in maps.items():
+        rows += [(k, target, v) for k, v in map_metrics(mbf, mask, true_mbf, true_myo, truth["mbf_global"]).items()]
+        est_segments = segment_means(mbf, mask, aha)
+        segment_rows += [
+            (patient_id, center, target, s + 1, est_segments[s], true_segments[s]) for s in range(17)
+        ]
+    return _rows(truth_dir, "mbf", rows), pd.DataFrame(segment_rows, columns=SEGMENT_COLUMNS)
+
+
+def icc_2_1(ratings: np.ndarray) -> float:
+    """ICC(2,1) of an (n subjects, k raters) array: two-way random, absolute agreement, single measure."""
+    n, k = ratings.shape
+    grand = ratings.mean()
+    ss_rows = k * ((ratings.mean(axis=1) - grand) ** 2).sum()
+    ss_cols = n * ((ratings.mean(axis=0) - grand) ** 2).sum()
+    ss_err = ((ratings - grand) ** 2).sum() - ss_rows - ss_cols
+    msr, msc, mse = ss_rows / (n - 1), ss_cols / (k - 1), ss_err / ((n - 1) * (k - 1))
+    return float((msr - mse) / (msr + (k - 1) * mse + k * (msc - mse) / n))
+
+
+def cohort_segment_metrics(segment_tables: list[Path]) -> pd.DataFrame:
+    """ICC(2,1) and Bland-Altman of segment MBF over all patients, per target (patient_id 'all')."""
+    tables = [pd.read_parquet(p) for p in segment_tables]
+    table = pd.concat([t for t in tables if len(t)], ignore_index=True) if any(len(t) for t in tables) else None
+    rows = []
+    if table is not None:
+        for target, part in table.groupby("target", sort=True):
+            pairs = part[["mbf_est", "mbf_true"]].dropna().to_numpy(dtype=float)
+            if len(pairs) < 3:
+                continue
+            diff = pairs[:, 0] - pairs[:, 1]
+            sd = diff.std(ddof=1)
+            rows += [
+                ("mbf_segment_icc", target, icc_2_1(pairs)),
+                ("mbf_segment_ba_bias", target, float(diff.mean())),
+                ("mbf_segment_ba_loa_low", target, float(diff.mean() - 1.96 * sd)),
+                ("mbf_segment_ba_loa_high", target, float(diff.mean() + 1.96 * sd)),
+                ("mbf_segment_n", target, float(len(pairs))),
+            ]
+    return pd.DataFrame([("all", "all", "mbf", *r) for r in rows], columns=METRIC_COLUMNS)
+
+
+def imv_patient_metrics(truth_dir: Path, patient_dir: Path, imv_config_json: str) -> pd.DataFrame:
+    """IMV% error and ischemia Dice of the IMV stage (target lv, lad, rca, lcx) and, as the
+    regularisation's check, of the same IMV rule applied to the voxel-wise map (target lv_raw)."""
+    from ctp_steps.imv import IMVConfig, ischemic_region
+
+    if read_status(patient_dir / "imv.status.json").status != "ok":
+        return _rows(truth_dir, "imv", [("imv_ok", "all", 0.0)])
+    cfg = IMVConfig.model_validate_json(imv_config_json)
+    truth = read_json(truth_dir / "truth.json")
+    true_mbf, labels, true_aha, geometry = truth_maps(truth_dir, patient_dir)
+    true_myo = labels == MYOCARDIUM_LABEL
+    true_isch = true_myo & (true_mbf < truth["ischemia_threshold_mbf"])
+    myo = read_volume(patient_dir / "myocardium.nii.gz")[0] > 0
+    aha = read_volume(patient_dir / "aha17.nii.gz")[0]
+    voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
+    raw = ischemic_region(read_volume(patient_dir / "mbf_raw.nii.gz")[0], myo, aha, voxel_ml, cfg).ischemia
+    estimates = {"lv": read_volume(patient_dir / "ischemia.nii.gz")[0] > 0, "lv_raw": raw}
+    true_pct = 100.0 * true_isch.sum() / true_myo.sum()
+    rows = [("imv_ok", "all", 1.0)]
+    for target, isch in estimates.items():
+        pct = 100.0 * isch.sum() / myo.sum()
+        dice = math.nan
+        if true_pct >= DICE_MIN_TRUE_IMV_PCT:
+            dice = 2.0 * (isch & true_isch).sum() / (isch.sum() + true_isch.sum())
+        rows += [("imv_pct_abs_error", target, abs(pct - true_pct)), ("imv_pct_error", target, pct - true_pct),
+                 ("ischemia_dice", target, dice)]
+    for terr, segs in TERRITORY_SEGMENTS.items():
+        pct = 100.0 * (estimates["lv"] & np.isin(aha, segs)).sum() / myo.sum()
+        true_terr = 100.0 * (true_isch & np.isin(true_aha, segs)).sum() / true_myo.sum()
+        rows.append(("imv_pct_abs_error", terr.lower(), abs(pct - true_terr)))
+    return _rows(truth_dir, "imv", rows)
