@@ -67,6 +67,7 @@ rule train:
 rule all:
     input:
         f"{RESULTS}/cohort/patients.parquet",
+        COHORT_SEGMENTS,
         rules.risk.output,
     default_target: True
 

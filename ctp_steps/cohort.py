@@ -1,6 +1,8 @@
-"""Cohort gather: one row per manifest patient, usable or not, in a typed Parquet table.
+"""Cohort gather: the analysis-ready Parquet tables of results/cohort/.
 
-The schema is declared once here; later stages add their columns to it.
+patients.parquet: one row per manifest patient, usable or not; segments.parquet:
+17 rows (AHA segments) per usable patient, MBF and ischemia per segment. Both
+schemas are declared once here; later stages add their columns to them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ctp_steps import __version__
+from ctp_steps.aha import SEGMENT_NAMES, SEGMENT_TERRITORY
 from ctp_steps.io import read_status, write_parquet
 from ctp_steps.manifest import read_manifest_table
 
@@ -37,6 +40,7 @@ PATIENT_COLUMNS: list[pa.Field] = [
     pa.field("landmarks_source", pa.string()),
     pa.field("segment_frames_model_sha256", pa.string()),
     pa.field("segment_myocardium_model_sha256", pa.string()),
+    pa.field("landmarks_model_sha256", pa.string()),
     pa.field("aorta_ml", pa.float64()),
     pa.field("lv_ml", pa.float64()),
     pa.field("aif_peak_hu", pa.float64()),
@@ -80,6 +84,28 @@ PROVENANCE_COLUMNS: list[pa.Field] = [
     pa.field("software_version", pa.string(), nullable=False),
     pa.field("config_hash", pa.string(), nullable=False),
 ]
+
+
+SEGMENT_COLUMNS: list[pa.Field] = [
+    pa.field("patient_id", pa.string(), nullable=False),
+    pa.field("center", pa.string(), nullable=False),
+    pa.field("segment", pa.int8(), nullable=False),
+    pa.field("segment_name", pa.string(), nullable=False),
+    pa.field("territory", pa.string(), nullable=False),
+    pa.field("n_voxels", pa.int32()),
+    pa.field("volume_ml", pa.float64()),
+    # MBF (mL/100mL/min) of the regularised map: mean, median, SD; voxel-wise map mean; fit of the segment's mean curve
+    pa.field("mbf_mean", pa.float64()),
+    pa.field("mbf_median", pa.float64()),
+    pa.field("mbf_sd", pa.float64()),
+    pa.field("mbf_raw_mean", pa.float64()),
+    pa.field("mbf_curve_fit", pa.float64()),
+    pa.field("ischemic_ml", pa.float64()),
+    pa.field("ischemic_pct", pa.float64()),
+    pa.field("software_version", pa.string(), nullable=False),
+    pa.field("config_hash", pa.string(), nullable=False),
+]
+SEGMENTS_SCHEMA = pa.schema(SEGMENT_COLUMNS)
 
 
 def patients_schema(covariates: list[str]) -> pa.Schema:
@@ -126,4 +152,35 @@ def write_patients_table(
         if pa.types.is_integer(field.type):  # nullable: excluded patients have no frame count
             table[field.name] = table[field.name].astype(f"Int{field.type.bit_width}")
     arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
+    write_parquet(out, arrow, metadata={"ctp_cohort_schema_version": SCHEMA_VERSION})
+
+
+def gather_segments(manifest: Path, patients_dir: Path, last_stage: str) -> pd.DataFrame:
+    """17 rows per patient whose chain completed (`last_stage` ok): the MBF and IMV segment tables joined."""
+    table = read_manifest_table(manifest)
+    parts = []
+    for entry in table.to_dict("records"):
+        patient_id, center = str(entry["patient_id"]), str(entry["center"])
+        folder = patients_dir / center / patient_id
+        if read_status(folder / f"{last_stage}.status.json").status != "ok":
+            continue
+        mbf = pd.read_parquet(folder / "segments_mbf.parquet")
+        imv = pd.read_parquet(folder / "segments_imv.parquet")[["segment", "ischemic_ml", "ischemic_pct"]]
+        if any(sorted(t["segment"]) != list(SEGMENT_NAMES) for t in (mbf, imv)):
+            raise ValueError(f"{folder}: segment tables do not hold segments 1..17 once each")
+        merged = mbf.merge(imv, on="segment", validate="one_to_one")
+        parts.append(merged.assign(patient_id=patient_id, center=center))
+    if not parts:
+        return pd.DataFrame(columns=SEGMENTS_SCHEMA.names)
+    out = pd.concat(parts, ignore_index=True)
+    out["segment_name"] = out["segment"].map(SEGMENT_NAMES)
+    out["territory"] = out["segment"].map(SEGMENT_TERRITORY)
+    return out
+
+
+def write_segments_table(table: pd.DataFrame, out: Path, config_hash: str) -> None:
+    table = table.assign(software_version=__version__, config_hash=config_hash).reindex(columns=SEGMENTS_SCHEMA.names)
+    table["n_voxels"] = table["n_voxels"].astype("Int32")
+    table["segment"] = table["segment"].astype("int8")
+    arrow = pa.Table.from_pandas(table, schema=SEGMENTS_SCHEMA, preserve_index=False)
     write_parquet(out, arrow, metadata={"ctp_cohort_schema_version": SCHEMA_VERSION})

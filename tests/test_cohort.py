@@ -82,3 +82,57 @@ def test_unknown_record_column_is_a_bug(tmp_path):
     table = gather_patients(manifest, patients, ["convert"], [])
     with pytest.raises(ValueError, match="made_up"):
         write_patients_table(table, tmp_path / "o.parquet", [], "h")
+
+
+def _segment_tables(folder: Path, offset: float) -> None:
+    from ctp_steps.io import write_parquet
+
+    segs = list(range(1, 18))
+    write_parquet(folder / "segments_mbf.parquet", pd.DataFrame({
+        "segment": segs, "territory": ["x"] * 17, "mbf_mean": [offset + s for s in segs],
+        "mbf_median": [offset + s for s in segs], "mbf_sd": [1.0] * 17, "mbf_raw_mean": [offset] * 17,
+        "mbf_curve_fit": [offset] * 17, "n_voxels": [100 + s for s in segs], "volume_ml": [2.0] * 17,
+    }))
+    write_parquet(folder / "segments_imv.parquet", pd.DataFrame({
+        "segment": segs[::-1], "territory": ["x"] * 17, "ischemic_ml": [0.1 * s for s in segs[::-1]],
+        "ischemic_pct": [5.0 * s for s in segs[::-1]], "volume_ml": [2.0] * 17,
+    }))
+
+
+def test_segments_table_has_17_rows_per_usable_patient(tmp_path):
+    from ctp_steps.cohort import gather_segments, write_segments_table
+
+    patients = tmp_path / "patients"
+    for pid, work in (("P1", lambda: {}), ("P2", _fail("mbf: AIF peak 40 HU below the minimum 100 HU")),
+                      ("P3", lambda: {})):
+        _stage(patients / "C1" / pid, "imv", work)
+    _segment_tables(patients / "C1" / "P1", 100.0)
+    _segment_tables(patients / "C1" / "P3", 200.0)
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame([{"patient_id": p, "center": "C1", "dicom_dir": "x"} for p in ("P1", "P2", "P3")]).to_csv(
+        manifest, index=False
+    )
+    out = tmp_path / "segments.parquet"
+    write_segments_table(gather_segments(manifest, patients, "imv"), out, "h")
+    got = pd.read_parquet(out)
+    assert len(got) == 34 and got["patient_id"].unique().tolist() == ["P1", "P3"]
+    p3 = got[got.patient_id == "P3"].set_index("segment")
+    assert p3.loc[4, "mbf_mean"] == 204.0 and p3.loc[4, "ischemic_pct"] == 20.0 and p3.loc[4, "n_voxels"] == 104
+    assert p3.loc[1, "segment_name"] == "basal anterior" and p3.loc[17, "territory"] == "LAD"
+    schema = pq.read_schema(out)
+    assert str(schema.field("segment").type) == "int8" and schema.metadata[b"ctp_cohort_schema_version"]
+
+
+def test_segments_table_rejects_a_patient_missing_segments(tmp_path):
+    from ctp_steps.cohort import gather_segments
+    from ctp_steps.io import write_parquet
+
+    folder = tmp_path / "patients" / "C1" / "P1"
+    _stage(folder, "imv", lambda: {})
+    _segment_tables(folder, 0.0)
+    mbf = pd.read_parquet(folder / "segments_mbf.parquet")
+    write_parquet(folder / "segments_mbf.parquet", mbf[mbf.segment != 17])
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame([{"patient_id": "P1", "center": "C1", "dicom_dir": "x"}]).to_csv(manifest, index=False)
+    with pytest.raises(ValueError, match="P1: segment tables do not hold segments 1..17"):
+        gather_segments(manifest, tmp_path / "patients", "imv")

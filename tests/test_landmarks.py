@@ -143,7 +143,7 @@ def test_train_loop_checkpoint_and_stage_outputs(tiny_cases, tmp_path):
     assert status["status"] == "ok", status
     assert set(status["record"]) == {
         "landmarks_source", "landmark_conf_min", "landmark_conf_apex", "landmark_conf_base",
-        "landmark_conf_rv_insertion", "lv_long_axis_mm",
+        "landmark_conf_rv_insertion", "lv_long_axis_mm", "landmarks_model_sha256",
     }
     found = read_json(patient / "landmarks.json")
     assert set(found) == {"apex", "base", "rv_insertion"}

@@ -35,6 +35,20 @@ def test_patients_table_one_ok_row_per_patient(tiny_run):
     assert {"age", "sex", "diabetes", "hypertension", "smoking", "config_hash", "software_version"} <= set(table.columns)
 
 
+def test_cohort_segments_and_quantification_columns(tiny_run):
+    """MBF and IMV reach both cohort tables: 17 segment rows per patient, patient columns filled."""
+    table = pd.read_parquet(tiny_run / "results" / "cohort" / "patients.parquet")
+    assert table[["mbf_global", "imv_pct", "imv_ml", "mbf_lad"]].notna().all().all()
+    assert (table["mbf_method"] == "one_compartment").all() and (table["imv_threshold"] == 100.0).all()
+    assert table["imv_pct"].between(0, 100).all()
+    assert table["landmarks_model_sha256"].str.fullmatch("[0-9a-f]{64}").all()
+    segments = pd.read_parquet(tiny_run / "results" / "cohort" / "segments.parquet")
+    assert segments.groupby("patient_id")["segment"].apply(sorted).tolist() == [list(range(1, 18))] * 3
+    # the segment table and the patient row come from the same map: ischemic mL add up to IMV mL
+    summed = segments.groupby("patient_id")["ischemic_ml"].sum()
+    assert summed.to_numpy() == pytest.approx(table.set_index("patient_id").loc[summed.index, "imv_ml"].to_numpy())
+
+
 def test_validation_summary_conversion_exact(tiny_run):
     summary = pd.read_parquet(tiny_run / "results" / "validation" / "summary.parquet")
     assert list(summary.columns) == ["stage", "metric", "target", "n", "mean", "median", "p05", "p95"]

@@ -59,6 +59,7 @@ def run_landmarks(
     """Detect, check, write the outputs; return the record for patients.parquet."""
     from ctp_steps.devices import resolve_device
     from ctp_steps.landmarks.infer import LandmarkDetector
+    from ctp_steps.models import sha256_of
 
     image, geometry = read_volume(average_path)
     mask, mask_geometry = read_volume(myocardium_path)
@@ -84,6 +85,7 @@ def run_landmarks(
         plot_landmarks(image, mask, geometry, det.as_json(), out_png, title=title)
     record = {
         "landmarks_source": "heatmap",
+        "landmarks_model_sha256": sha256_of(weights),
         "landmark_conf_min": float(det.confidence.min()),
         "lv_long_axis_mm": float(np.linalg.norm(lm["apex"] - lm["base"])),
     }
