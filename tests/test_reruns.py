@@ -13,7 +13,7 @@ covered as they land:
   synthesize_patient; editing any other module that a rule fingerprints (parsed from
   `rules/**/*.smk`) → only rules fingerprinting it change params, every patient, and
   the plan is exactly `--forcerun <those rules>`;
-- each entry of CONFIG_CHANGES (add the IMV threshold when IMV lands) → exactly
+- each entry of CONFIG_CHANGES (an IMV threshold, the MBF method, ...) → exactly
   `--forcerun <its stage>`;
 - replacing a model weight file (any under `models/` that a rule reads) → exactly
   `--forcerun <the rules that read it>`;
@@ -51,6 +51,8 @@ IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".snakemake", "results"
 # Add one line per threshold users tune (e.g. the IMV threshold → the IMV stage).
 CONFIG_CHANGES = [
     ("conversion", {"min_frames": 9}, "convert"),
+    ("imv", {"threshold_abs": 90.0}, "imv"),
+    ("mbf", {"method": "upslope"}, "mbf"),
 ]
 WEIGHT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".onnx", ".npz")
 
