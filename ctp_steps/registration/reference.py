@@ -1,0 +1,48 @@
+"""Which frame the others are aligned to: peak enhancement around the LV (default), peak LV blood, or a fixed one."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ctp_steps.types import Geometry, PatientInputError
+
+# The myocardium is not segmented yet: a shell just outside the LV blood pool stands in for it.
+SHELL_MM = (2.5, 7.0)
+
+
+def _shell(lv: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
+    dist = ndimage.distance_transform_edt(~lv, sampling=spacing_zyx)
+    return (dist > SHELL_MM[0]) & (dist <= SHELL_MM[1])
+
+
+def enhancement_curves(frames: np.ndarray, lv_masks: np.ndarray, geometry: Geometry) -> dict[str, list[float]]:
+    """Mean HU per frame in each frame's LV blood pool (eroded by one voxel) and in the shell around it."""
+    spacing_zyx = tuple(geometry.spacing[::-1])
+    lv_core, shell = [], []
+    for frame, lv in zip(frames, lv_masks):
+        core = ndimage.binary_erosion(lv)
+        lv_core.append(float(frame[core if core.any() else lv].mean()))
+        shell.append(float(frame[_shell(lv, spacing_zyx)].mean()))
+    return {"lv_blood_hu": lv_core, "lv_shell_hu": shell}
+
+
+def choose_reference(
+    frames: np.ndarray, lv_masks: np.ndarray, geometry: Geometry, how: str | int
+) -> tuple[int, dict[str, list[float]]]:
+    """(reference frame index, the enhancement curves it was chosen from)."""
+    n = len(frames)
+    curves = enhancement_curves(frames, lv_masks, geometry)
+    if isinstance(how, int):
+        if not -n <= how < n:
+            raise PatientInputError(f"series.nii.gz: reference frame {how} requested, the series has {n} frames")
+        return how % n, curves
+    if how == "first":
+        return 0, curves
+    if how == "middle":
+        return n // 2, curves
+    if how == "peak_lv":
+        return int(np.argmax(curves["lv_blood_hu"])), curves
+    if how == "peak_myocardium":
+        return int(np.argmax(curves["lv_shell_hu"])), curves
+    raise ValueError(f"unknown reference_frame choice {how!r}")

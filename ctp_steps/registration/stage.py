@@ -1,0 +1,238 @@
+"""The `register` stage for one patient: reference frame, LV box, method, fields pasted back, warps, QC, files.
+
+Outputs (in the patient folder):
+  registered.nii.gz        4D float32 HU, every frame resampled onto the reference frame's anatomy
+  average.nii.gz           mean of the registered frames
+  displacement_mm.nii.gz   4D vector field per frame (world mm; reference point p ↦ p + u(p) in that frame)
+  registered_masks.nii.gz  4D uint8 frame masks (1 aorta, 2 LV blood pool) warped the same way
+  registration_qc.json     reference choice, LV box, per-frame QC, summary, timing
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ctp_steps.io import read_series, write_json, write_series, write_volume
+from ctp_steps.registration import qc
+from ctp_steps.registration.config import RegistrationConfig
+from ctp_steps.registration.crop import LV_BLOOD, BoxField, box_region, lv_centroid, paste_field
+from ctp_steps.registration.fields import write_fields
+from ctp_steps.registration.reference import choose_reference
+from ctp_steps.registration.warp import crop_geometry, sample_world, world_points
+from ctp_steps.types import Geometry, PatientInputError
+
+log = logging.getLogger(__name__)
+
+N_MASK_LABELS = 3  # 0 background, 1 aorta, 2 LV blood pool
+METHODS = ("learned", "simpleitk", "none")
+
+
+def read_inputs(series_path: Path, masks_path: Path) -> tuple[np.ndarray, np.ndarray, Geometry]:
+    """(frames float32 HU, frame masks uint8, geometry), with the per-patient checks of a usable input."""
+    frames, geometry = read_series(series_path)
+    masks, mask_geometry = read_series(masks_path)
+    if masks.shape != frames.shape or not mask_geometry.allclose(geometry):
+        raise PatientInputError(
+            f"{masks_path.name}: grid {masks.shape} does not match {series_path.name} {frames.shape}"
+        )
+    if not np.isfinite(frames).all():
+        bad = sorted({int(k) for k in np.argwhere(~np.isfinite(frames))[:, 0]})
+        raise PatientInputError(f"{series_path.name}: non-finite values in frame(s) {bad}: cannot be registered")
+    return frames.astype(np.float32, copy=False), masks, geometry
+
+
+def lv_centroids(lv: np.ndarray, geometry: Geometry, masks_name: str) -> np.ndarray:
+    empty = [k for k in range(len(lv)) if not lv[k].any()]
+    if empty:
+        raise PatientInputError(f"{masks_name}: no LV blood pool in frame(s) {empty}: they cannot be registered")
+    return np.stack([lv_centroid(m, geometry) for m in lv])
+
+
+def run_method(
+    method: str,
+    frames: np.ndarray,
+    lv: np.ndarray,
+    geometry: Geometry,
+    reference: int,
+    centroids: np.ndarray,
+    cfg: RegistrationConfig,
+    device: torch.device,
+    weights: Path | None,
+    threads: int,
+    registrar=None,
+) -> tuple[list[BoxField | None], Geometry, int]:
+    """Each method's box fields, and the LV box (output grid, edge) it worked in."""
+    if method == "learned":
+        from ctp_steps.registration.learned import LearnedRegistrar
+
+        registrar = registrar or LearnedRegistrar.from_checkpoint(weights, device, cfg.inference_batch)
+        g = registrar.grid
+        box = crop_geometry(centroids[reference], g["output_size"], g["spacing_mm"])
+        return registrar.register(frames, lv, geometry, reference, centroids), box, g["output_size"]
+    size, spacing = cfg.network.output_size, cfg.network.spacing_mm
+    box = crop_geometry(centroids[reference], size, spacing)
+    if method == "simpleitk":
+        from ctp_steps.registration.baseline import register_simpleitk
+
+        return register_simpleitk(frames, lv, geometry, reference, centroids, box, size, cfg.simpleitk, threads), box, size
+    if method == "none":
+        return [None] * len(frames), box, size
+    if method == "translation":  # ablation: the LV-centroid initialisation alone (benchmarks)
+        shifts = centroids - centroids[reference]
+        return [
+            None if k == reference else BoxField(shifts[k], np.broadcast_to(shifts[k].astype(np.float32), (size, size, size, 3)), box)
+            for k in range(len(frames))
+        ], box, size
+    raise ValueError(f"unknown registration method {method!r}; expected one of {METHODS}")
+
+
+def register_arrays(
+    frames: np.ndarray,
+    masks: np.ndarray,
+    geometry: Geometry,
+    method: str,
+    cfg: RegistrationConfig,
+    device: torch.device,
+    weights: Path | None = None,
+    threads: int = 1,
+    registrar=None,
+    masks_name: str = "frame_masks.nii.gz",
+) -> dict:
+    """Register in memory; returns the arrays to write and the QC record (no file is touched)."""
+    lv = masks == LV_BLOOD
+    centroids = lv_centroids(lv, geometry, masks_name)
+    reference, curves = choose_reference(frames, lv, geometry, cfg.reference_frame)
+    shift = np.linalg.norm(centroids - centroids[reference], axis=1)
+    far = np.flatnonzero(shift > cfg.max_lv_shift_mm)
+    if far.size:
+        raise PatientInputError(
+            f"{masks_name}: the LV of frame(s) {far.tolist()} lies up to {shift.max():.0f} mm from the reference "
+            f"frame {reference}'s (limit {cfg.max_lv_shift_mm:g} mm): they cannot be registered"
+        )
+    t0 = time.perf_counter()
+    box_fields, box, size = run_method(
+        method, frames, lv, geometry, reference, centroids, cfg, device, weights, threads, registrar
+    )
+    method_seconds = time.perf_counter() - t0
+
+    shape = frames.shape[1:]
+    fields = np.zeros((*frames.shape, 3), dtype=np.float32)
+    points = world_points(geometry, shape, device)
+    for k, bf in enumerate(box_fields):
+        if bf is not None:
+            fields[k] = paste_field(bf, geometry, shape, cfg.taper_mm, device, points)
+    registered, warped_masks = warp_frames(frames, masks, fields, geometry, device, points)
+    warp_seconds = time.perf_counter() - t0 - method_seconds
+
+    t1 = time.perf_counter()
+    region = box_region(geometry, shape, box, size)
+    lv_ref = lv[reference]
+    per_frame = [
+        {"frame": k, "lv_shift_mm": float(shift[k]),
+         **qc.frame_qc(fields[k], geometry, region, lv_ref, lv[k], warped_masks[k] == LV_BLOOD)}
+        for k in range(len(frames))
+    ]
+    summary = qc.summarise(per_frame, reference)
+    qc_seconds = time.perf_counter() - t1
+    report = {
+        "method": method,
+        "reference_frame": reference,
+        "reference_choice": cfg.reference_frame,
+        "enhancement_curves": curves,
+        "lv_centroids_mm": centroids.tolist(),
+        "box": {"center_mm": centroids[reference].tolist(), "origin_mm": list(box.origin), "size": size,
+                "spacing_mm": box.spacing[0], "taper_mm": cfg.taper_mm},
+        "frames": per_frame,
+        "summary": summary,
+        "seconds": {"method": method_seconds, "paste_and_warp": warp_seconds, "qc": qc_seconds},
+        "device": str(device),
+        "weights_sha256": _sha(weights) if method == "learned" and weights else None,
+    }
+    return {"registered": registered, "masks": warped_masks, "fields": fields, "report": report}
+
+
+def warp_frames(
+    frames: np.ndarray, masks: np.ndarray, fields: np.ndarray, geometry: Geometry, device: torch.device,
+    points: torch.Tensor, chunk: int = 4,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frames (linear) and label masks (linear per label, arg-max) pulled back through their fields, a few frames at a time."""
+    registered, warped = frames.copy(), masks.copy()
+    moving = [k for k in range(len(frames)) if np.any(fields[k])]
+    for start in range(0, len(moving), chunk):
+        ks = moving[start : start + chunk]
+        at = points[None] + torch.as_tensor(fields[ks], device=device)
+        img = torch.as_tensor(frames[ks], device=device)[:, None]
+        registered[ks] = sample_world(img, geometry, at)[:, 0].cpu().numpy()
+        onehot = F.one_hot(torch.as_tensor(masks[ks], device=device).long(), N_MASK_LABELS).permute(0, 4, 1, 2, 3).float()
+        warped[ks] = sample_world(onehot, geometry, at).argmax(dim=1).cpu().numpy().astype(masks.dtype)
+    return registered, warped
+
+
+def _sha(path: Path) -> str:
+    from ctp_steps.models import sha256_of
+
+    return sha256_of(Path(path))
+
+
+def check_registered(report: dict, method: str, cfg: RegistrationConfig) -> None:
+    """A frame whose LV stays misaligned after registration excludes the patient (named frame, Dice)."""
+    if method == "none":
+        return
+    bad = [f for f in report["frames"] if f["frame"] != report["reference_frame"] and f["lv_dice_after"] < cfg.min_lv_dice_after]
+    if bad:
+        worst = min(bad, key=lambda f: f["lv_dice_after"])
+        raise PatientInputError(
+            f"frame(s) {[f['frame'] for f in bad]} could not be registered: LV Dice to reference frame "
+            f"{report['reference_frame']} after {method} registration is as low as {worst['lv_dice_after']:.2f} "
+            f"(frame {worst['frame']}; minimum {cfg.min_lv_dice_after:g})"
+        )
+
+
+def stage_record(report: dict) -> dict:
+    """The stage's columns in patients.parquet."""
+    s = report["summary"]
+    return {
+        "register_source": report["method"],
+        "registration_reference_frame": int(report["reference_frame"]),
+        "lv_dice_before": float(s["lv_dice_before"]),
+        "lv_dice_after": float(s["lv_dice_after"]),
+        "lv_dice_after_min": float(s["lv_dice_after_min"]),
+        "jacobian_nonpos_frac": float(s["jacobian_nonpos_frac"]),
+        "max_displacement_mm": float(s["max_displacement_mm"]),
+        "registration_seconds": float(report["seconds"]["method"]),
+    }
+
+
+def register_patient(
+    series_path: Path,
+    masks_path: Path,
+    out_dir: Path,
+    method: str,
+    cfg: RegistrationConfig,
+    device_name: str,
+    weights: Path | None,
+    threads: int = 1,
+) -> dict:
+    """Read, register, check, write; returns the record for patients.parquet."""
+    from ctp_steps.registration.learned import resolve_device
+
+    torch.set_num_threads(max(1, threads))
+    device = resolve_device(device_name)
+    frames, masks, geometry = read_inputs(series_path, masks_path)
+    result = register_arrays(frames, masks, geometry, method, cfg, device, weights, threads, masks_name=masks_path.name)
+    report = result["report"]
+    log.info("reference frame %d, summary %s, %.1f s", report["reference_frame"], report["summary"], report["seconds"]["method"])
+    check_registered(report, method, cfg)
+    out_dir = Path(out_dir)
+    write_series(out_dir / "registered.nii.gz", result["registered"].astype(np.float32), geometry)
+    write_volume(out_dir / "average.nii.gz", result["registered"].mean(axis=0).astype(np.float32), geometry)
+    write_fields(out_dir / "displacement_mm.nii.gz", result["fields"], geometry)
+    write_series(out_dir / "registered_masks.nii.gz", result["masks"].astype(np.uint8), geometry)
+    write_json(out_dir / "registration_qc.json", report)
+    return stage_record(report)

@@ -1,0 +1,349 @@
+"""Registration stage: physical-space warps, the net, training, the stage's files and QC, exclusions, validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctp_steps.registration import warp as W
+from ctp_steps.registration.config import NetworkConfig, RegistrationConfig, TrainingConfig
+from ctp_steps.registration.net import RegNet, load_checkpoint, output_size_for, save_checkpoint
+from ctp_steps.types import Geometry, PatientInputError
+
+from conftest import TINY_PHANTOM, run_snakemake, tiny_config
+
+# An oblique grid: anisotropic spacing, rotated axes (a permutation with a flip is exact in float).
+OBLIQUE = Geometry((10.0, -20.0, 5.0), (2.0, 3.0, 4.0), (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+TINY_NET = {"widths": [2, 4, 4], "output_size": 8}
+
+
+@pytest.fixture(scope="module")
+def tiny_patient():
+    from ctp_steps.phantom import PhantomParams, generate_patient, make_specs
+
+    spec = make_specs(1, [("T", "series_per_frame")], 5, role="test")[0]
+    params = PhantomParams(shape_zyx=tuple(TINY_PHANTOM["shape_zyx"]), spacing_zyx_mm=tuple(TINY_PHANTOM["spacing_zyx_mm"]), n_frames=(8, 8))
+    return generate_patient(spec, params)
+
+
+def _masks(patient) -> np.ndarray:
+    return np.where(np.isin(patient.frame_labels, (1, 2)), patient.frame_labels, 0).astype(np.uint8)
+
+
+# --- spatial transformer ---------------------------------------------------------------------------------
+
+
+def test_identity_warp_is_exact():
+    vol = torch.rand(1, 2, 5, 6, 7, dtype=torch.float64)
+    zero = torch.zeros(1, 5, 6, 7, 3, dtype=torch.float64)
+    assert torch.allclose(W.warp(vol, zero, OBLIQUE), vol, atol=1e-12, rtol=0)
+    labels = torch.randint(0, 3, (1, 5, 6, 7))
+    assert torch.equal(W.warp_labels(labels, zero, OBLIQUE, 3), labels)
+
+
+def test_known_shift_in_world_space_is_exact():
+    """One voxel along the grid's x axis is a world shift along its direction column, times its spacing."""
+    vol = torch.rand(1, 1, 4, 5, 6, dtype=torch.float64)
+    x_axis_world = torch.tensor(OBLIQUE.direction_matrix[:, 0] * OBLIQUE.spacing[0], dtype=torch.float64)
+    field = x_axis_world.expand(1, 4, 5, 6, 3)
+    out = W.warp(vol, field, OBLIQUE)
+    assert torch.allclose(out[..., :-1], vol[..., 1:], atol=1e-12, rtol=0)
+    assert torch.allclose(out[..., -1], vol[..., -1], atol=1e-12, rtol=0)  # border replicated
+    # and two slices along z
+    z_world = torch.tensor(OBLIQUE.direction_matrix[:, 2] * 2 * OBLIQUE.spacing[2], dtype=torch.float64)
+    out = W.warp(vol, z_world.expand(1, 4, 5, 6, 3), OBLIQUE)
+    assert torch.allclose(out[:, :, :-2], vol[:, :, 2:], atol=1e-12, rtol=0)
+
+
+def test_resample_onto_own_grid_and_shifted_crop():
+    vol = torch.rand(1, 1, 6, 6, 6, dtype=torch.float64)
+    assert torch.allclose(W.resample(vol, OBLIQUE, OBLIQUE, (6, 6, 6)), vol, atol=1e-12, rtol=0)
+    iso = Geometry((0.0, 0.0, 0.0), (2.0, 2.0, 2.0), W.IDENTITY_DIRECTION)
+    shifted = W.resample(vol, iso, iso, (6, 6, 6), shift_mm=torch.tensor([0.0, 2.0, 0.0], dtype=torch.float64))
+    assert torch.allclose(shifted[:, :, :, :-1], vol[:, :, :, 1:], atol=1e-12, rtol=0)
+
+
+def test_spatial_transformer_on_the_network_grid():
+    moving = torch.rand(1, 1, 12, 12, 12, dtype=torch.float64)
+    st = W.SpatialTransformer(offset=2)
+    field = torch.zeros(1, 3, 8, 8, 8, dtype=torch.float64)
+    assert torch.allclose(st(moving, field), moving[:, :, 2:10, 2:10, 2:10], atol=1e-12, rtol=0)
+    field[:, 0] = 1.0  # one voxel along x
+    assert torch.allclose(st(moving, field), moving[:, :, 2:10, 2:10, 3:11], atol=1e-12, rtol=0)
+
+
+def test_jacobian_of_known_fields():
+    shape = (5, 6, 7)
+    assert np.allclose(W.jacobian_determinant(np.zeros((*shape, 3)), OBLIQUE), 1.0)
+    a = np.array([[0.1, 0.02, 0.0], [0.0, -0.2, 0.05], [0.03, 0.0, 0.3]])
+    points = W.world_points(OBLIQUE, shape, dtype=torch.float64).numpy()
+    det = W.jacobian_determinant(points @ a.T, OBLIQUE)
+    assert np.allclose(det, np.linalg.det(np.eye(3) + a))
+    assert np.all(W.jacobian_determinant(points @ (-2 * np.eye(3)).T, OBLIQUE) < 0)  # a folding field
+
+
+# --- network and training ----------------------------------------------------------------------------------
+
+
+def test_net_valid_convolutions_and_published_shape():
+    assert output_size_for(100) == 60  # the published 100³ → 60³
+    net = RegNet(TINY_NET["widths"])
+    assert net(torch.zeros(2, 4, 48, 48, 48)).shape == (2, 3, 8, 8, 8)
+    published = RegNet((128, 256, 512))
+    assert published.enc1[0][0].out_channels == 128 and published.enc3[1][0].out_channels == 512
+    assert published.flow.out_channels == 3
+    with pytest.raises(ValueError, match="multiple of 4"):
+        NetworkConfig(output_size=50)
+
+
+def test_checkpoint_rebuilds_its_network(tmp_path):
+    net = RegNet(TINY_NET["widths"]).eval()
+    grid = {"spacing_mm": 2.5, "input_size": 48, "output_size": 8, "intensity_scale_hu": 500.0, "intensity_clip": 2.0}
+    save_checkpoint(tmp_path / "n.pt", net, grid, {"note": "test"}, fp16=True)
+    loaded, loaded_grid, info = load_checkpoint(tmp_path / "n.pt", torch.device("cpu"))
+    assert loaded.widths == net.widths and loaded_grid == grid and info == {"note": "test"}
+    x = torch.randn(1, 4, 48, 48, 48)
+    assert torch.allclose(loaded(x), net(x), atol=1e-3)
+
+
+def test_a_few_training_steps_reduce_the_loss():
+    from ctp_steps.registration.train import pair_loss
+
+    torch.manual_seed(0)
+    n = 48
+    z, y, x = torch.meshgrid(*(torch.arange(n, dtype=torch.float32),) * 3, indexing="ij")
+    blob = lambda cx: ((x - cx) ** 2 + (y - 24) ** 2 + (z - 24) ** 2 < 36).float()[None, None]
+    fixed_mask, moving_mask = blob(24.0), blob(25.5)
+    fixed, moving = fixed_mask * 1.5 - 0.5, moving_mask * 0.8 - 0.1  # other contrast
+    cfg = RegistrationConfig(network=NetworkConfig(**TINY_NET), training=TrainingConfig(patch_size=48))
+    net = RegNet(TINY_NET["widths"]).train()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss, _ = pair_loss(net, fixed, moving, fixed_mask, moving_mask, cfg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-3:]) < losses[0] - 0.01
+
+
+# --- the stage ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A tiny untrained checkpoint (the output layer starts at the identity: it refines nothing)."""
+    path = tmp_path_factory.mktemp("w") / "regnet_tiny.pt"
+    grid = {"spacing_mm": 5.0, "input_size": 48, "output_size": 8, "intensity_scale_hu": 500.0, "intensity_clip": 2.0}
+    torch.manual_seed(0)
+    save_checkpoint(path, RegNet(TINY_NET["widths"]).eval(), grid, {})
+    return path
+
+
+def _write_inputs(patient, folder: Path, masks: np.ndarray | None = None) -> tuple[Path, Path]:
+    from ctp_steps.io import write_series
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_series(folder / "series.nii.gz", patient.frames_hu, patient.geometry)
+    write_series(folder / "frame_masks.nii.gz", _masks(patient) if masks is None else masks, patient.geometry)
+    (folder / "segment_frames.status.json").write_text(json.dumps({"stage": "segment_frames", "status": "ok", "reason": None, "record": {}}))
+    return folder / "series.nii.gz", folder / "frame_masks.nii.gz"
+
+
+def _run_cli(folder: Path, method: str, weights: Path | None = None, config: dict | None = None) -> dict:
+    from ctp_steps.cli import main
+
+    argv = ["register", "--method", method, "--series", str(folder / "series.nii.gz"),
+            "--frame-masks", str(folder / "frame_masks.nii.gz"), "--upstream", str(folder / "segment_frames.status.json"),
+            "--out-dir", str(folder), "--device", "cpu", "--config-json", json.dumps(config or {})]
+    if weights is not None:
+        import shutil
+
+        from ctp_steps.models import register_model
+
+        manifest = folder / "manifest.json"
+        shutil.copyfile(weights, folder / "regnet.pt")
+        register_model("regnet", folder / "regnet.pt", {}, manifest)
+        argv += ["--manifest", str(manifest)]
+    main(argv)
+    return json.loads((folder / "register.status.json").read_text())
+
+
+def test_learned_stage_files_and_qc(tiny_patient, tiny_weights, tmp_path):
+    from ctp_steps.io import read_json, read_series, read_volume
+    from ctp_steps.registration.fields import read_fields
+
+    _write_inputs(tiny_patient, tmp_path)
+    status = _run_cli(tmp_path, "learned", tiny_weights)
+    assert status["status"] == "ok", status
+    rec = status["record"]
+    assert rec["register_source"] == "learned"
+    assert set(rec) == {"register_source", "registration_reference_frame", "lv_dice_before", "lv_dice_after",
+                        "lv_dice_after_min", "jacobian_nonpos_frac", "max_displacement_mm", "registration_seconds"}
+    registered, g = read_series(tmp_path / "registered.nii.gz")
+    assert registered.shape == tiny_patient.frames_hu.shape and registered.dtype == np.float32
+    assert g.allclose(tiny_patient.geometry)
+    average, _ = read_volume(tmp_path / "average.nii.gz")
+    assert np.allclose(average, registered.mean(axis=0), atol=1e-3)
+    fields, fg = read_fields(tmp_path / "displacement_mm.nii.gz")
+    assert fields.shape == (*registered.shape, 3) and fg.allclose(g)
+    ref = rec["registration_reference_frame"]
+    assert np.all(fields[ref] == 0) and np.array_equal(registered[ref], tiny_patient.frames_hu[ref])
+    masks, _ = read_series(tmp_path / "registered_masks.nii.gz")
+    assert masks.dtype == np.uint8 and set(np.unique(masks)) <= {0, 1, 2}
+    qc = read_json(tmp_path / "registration_qc.json")
+    assert qc["method"] == "learned" and qc["reference_frame"] == ref and len(qc["frames"]) == len(registered)
+    assert {"lv_dice_before", "lv_dice_after", "jacobian_nonpos_frac", "max_displacement_mm", "lv_shift_mm"} <= set(qc["frames"][0])
+    assert qc["summary"]["lv_dice_after"] == pytest.approx(rec["lv_dice_after"])
+    assert 0 <= rec["lv_dice_before"] <= 1 and 0 <= rec["lv_dice_after"] <= 1 and rec["jacobian_nonpos_frac"] == 0
+    assert len(qc["weights_sha256"]) == 64
+    # the untrained net starts at the identity, so the frames move by the LV centroid shift: better than nothing
+    assert rec["lv_dice_after"] >= rec["lv_dice_before"]
+
+
+def test_reference_frame_choices(tiny_patient):
+    from ctp_steps.registration.reference import choose_reference
+
+    frames, lv, g = tiny_patient.frames_hu, tiny_patient.frame_labels == 2, tiny_patient.geometry
+    peak, curves = choose_reference(frames, lv, g, "peak_myocardium")
+    assert peak == int(np.argmax(curves["lv_shell_hu"])) and 0 < peak < len(frames)
+    assert choose_reference(frames, lv, g, "first")[0] == 0
+    assert choose_reference(frames, lv, g, -1)[0] == len(frames) - 1
+    with pytest.raises(PatientInputError, match="reference frame 99"):
+        choose_reference(frames, lv, g, 99)
+
+
+def test_frame_without_lv_excludes_the_patient_with_a_reason(tiny_patient, tmp_path):
+    masks = _masks(tiny_patient)
+    masks[3][masks[3] == 2] = 0
+    _write_inputs(tiny_patient, tmp_path, masks)
+    status = _run_cli(tmp_path, "none")
+    assert status["status"] == "excluded"
+    assert "frame_masks.nii.gz" in status["reason"] and "frame(s) [3]" in status["reason"] and "cannot be registered" in status["reason"]
+    assert (tmp_path / "registered.nii.gz").stat().st_size == 0  # placeholders, the cohort goes on
+
+
+def test_frame_left_misaligned_excludes_the_patient(tiny_patient):
+    from ctp_steps.registration.stage import check_registered, register_arrays
+
+    cfg = RegistrationConfig(min_lv_dice_after=0.999)
+    res = register_arrays(tiny_patient.frames_hu, _masks(tiny_patient), tiny_patient.geometry, "translation", cfg, torch.device("cpu"))
+    with pytest.raises(PatientInputError, match=r"could not be registered: LV Dice to reference frame \d+"):
+        check_registered(res["report"], "translation", cfg)
+    check_registered(res["report"], "none", cfg)  # `none` never excludes
+
+
+def test_simpleitk_baseline_runs_on_the_box(tiny_patient):
+    from ctp_steps.registration.config import SimpleITKConfig
+    from ctp_steps.registration.stage import register_arrays
+
+    frames = tiny_patient.frames_hu[:3]
+    cfg = RegistrationConfig(
+        reference_frame="first", simpleitk=SimpleITKConfig(affine_iterations=5, bspline_iterations=3, bspline_mesh=2)
+    )
+    res = register_arrays(frames, _masks(tiny_patient)[:3], tiny_patient.geometry, "simpleitk", cfg, torch.device("cpu"))
+    s = res["report"]["summary"]
+    assert res["fields"].shape == (*frames.shape, 3) and np.isfinite(res["fields"]).all()
+    assert s["lv_dice_after"] > 0.5 and s["max_displacement_mm"] < 30
+
+
+# --- validation against the true motion --------------------------------------------------------------------
+
+
+def test_motion_closed_form_matches_the_phantom(tiny_patient):
+    from ctp_steps.phantom import displacement_field_mm
+    from ctp_steps.registration.validation import motion_at, where_seen
+
+    g = tiny_patient.geometry
+    m = tiny_patient.truth["motion"]["frames"][2]
+    points = W.world_points(g, tiny_patient.labels.shape, dtype=torch.float64).numpy()
+    assert np.allclose(motion_at(m, points), displacement_field_mm(m, g, tiny_patient.labels.shape), atol=1e-4)
+    q = points[::3, ::7, ::7].reshape(-1, 3)
+    p = where_seen(m, q)
+    assert np.allclose(p + motion_at(m, p), q, atol=1e-6)
+
+
+def test_validation_metrics_exact_field_and_translation(tiny_patient):
+    from ctp_steps.registration.stage import register_arrays
+    from ctp_steps.registration.validation import metrics_from_arrays, true_field
+
+    g, labels = tiny_patient.geometry, tiny_patient.frame_labels
+    motion, landmarks = tiny_patient.truth["motion"]["frames"], tiny_patient.truth["landmarks"]
+    ref = 4
+    points = W.world_points(g, labels.shape[1:], dtype=torch.float64).numpy()
+    exact = np.stack([true_field(motion[ref], m, points) for m in motion]).astype(np.float32)
+    region = np.ones(labels.shape[1:], dtype=bool)
+    rows = {(m, t): v for m, t, v in metrics_from_arrays(exact, g, ref, labels, motion, landmarks, region)}
+    assert rows[("tre_mm", "landmarks")] < 0.01 and rows[("field_error_mm", "myocardium")] < 0.05
+    assert rows[("lv_dice_after", "lv")] == pytest.approx(rows[("lv_dice_exact_field", "lv")])
+    assert rows[("jacobian_nonpos_frac", "lv_box")] == 0
+    cfg = RegistrationConfig(reference_frame=ref)
+    res = register_arrays(tiny_patient.frames_hu, _masks(tiny_patient), g, "translation", cfg, torch.device("cpu"))
+    rows = {(m, t): v for m, t, v in metrics_from_arrays(res["fields"], g, ref, labels, motion, landmarks, region)}
+    assert rows[("tre_mm", "landmarks")] < rows[("tre_before_mm", "landmarks")]
+    assert rows[("lv_dice_after", "lv")] >= rows[("lv_dice_before", "lv")]
+
+
+def test_truth_in_reference_frame_matches_the_phantom_frame_labels(tiny_patient):
+    from ctp_steps.registration.validation import truth_in_reference_frame
+
+    k = 5
+    moved = truth_in_reference_frame(tiny_patient.labels, tiny_patient.geometry, tiny_patient.truth["motion"]["frames"][k])
+    # the phantom moves labels on its fine grid, then takes a block majority: equal but for boundary voxels
+    assert np.mean(moved == tiny_patient.frame_labels[k]) > 0.97
+    assert truth_in_reference_frame(tiny_patient.labels, tiny_patient.geometry, None) is tiny_patient.labels
+
+
+# --- the workflow ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.workflow
+def test_register_stage_in_the_workflow(tmp_path, repo):
+    """Shipped weights, oracle frame masks, one tiny patient: the stage's files and its validation table."""
+    import pandas as pd
+
+    from ctp_steps.models import read_manifest
+
+    if "regnet" not in read_manifest():
+        pytest.skip("no shipped regnet weights")
+    cfg = tiny_config(tmp_path / "results", n_patients=1, stages={"registration": "learned"})
+    patient = tmp_path / "results" / "patients" / "CTR-A" / "S0001"
+    metrics = tmp_path / "results" / "validation" / "patients" / "CTR-A" / "S0001" / "registration.parquet"
+    run_snakemake(tmp_path, cfg, str(patient / "register.status.json"), str(metrics))
+    status = json.loads((patient / "register.status.json").read_text())
+    assert status["status"] == "ok" and status["record"]["register_source"] == "learned"
+    table = pd.read_parquet(metrics)
+    assert set(table["stage"]) == {"registration"}
+    assert {"lv_dice_before", "lv_dice_after", "tre_mm", "jacobian_nonpos_frac"} <= set(table["metric"])
+
+
+def test_training_data_never_uses_cohort_patients(tmp_path):
+    from ctp_steps.phantom import PhantomParams
+    from ctp_steps.registration.data import make_dataset
+
+    with pytest.raises(ValueError, match="train or validation role only"):
+        make_dataset(RegistrationConfig(), PhantomParams().model_dump_json(), "cohort", 1, tmp_path / "x.npz")
+
+
+def test_truth_helpers_for_downstream_validation(tiny_patient, tmp_path):
+    from ctp_steps.io import write_json, write_status
+    from ctp_steps.registration.validation import landmarks_in_reference_frame, motion_at, reference_motion
+    from ctp_steps.types import StageStatus
+
+    truth_dir, patient_dir = tmp_path / "truth", tmp_path / "patient"
+    write_json(truth_dir / "truth.json", tiny_patient.truth)
+    write_status(patient_dir / "register.status.json", StageStatus("register", "ok", record={"registration_reference_frame": 2}))
+    m = reference_motion(truth_dir, patient_dir)
+    assert m == tiny_patient.truth["motion"]["frames"][2]
+    moved = landmarks_in_reference_frame(tiny_patient.truth["landmarks"], m)
+    for name, q in tiny_patient.truth["landmarks"].items():
+        p = np.asarray(moved[name])
+        assert np.allclose(p + motion_at(m, p), q, atol=1e-6)
+    write_status(patient_dir / "register.status.json", StageStatus("register", "ok", record={"register_source": "oracle"}))
+    assert reference_motion(truth_dir, patient_dir) is None
+
