@@ -347,3 +347,69 @@ def test_truth_helpers_for_downstream_validation(tiny_patient, tmp_path):
     write_status(patient_dir / "register.status.json", StageStatus("register", "ok", record={"register_source": "oracle"}))
     assert reference_motion(truth_dir, patient_dir) is None
 
+
+def test_downstream_validation_takes_the_truth_into_the_reference_frame(tiny_patient, tmp_path):
+    """Myocardium Dice and landmark errors of perfect answers in a moved reference frame: right only after the transform.
+
+    Frame k's true motion is replaced by a whole-voxel translation, so the perfect answers are plain array shifts.
+    """
+    import copy
+
+    import pandas as pd
+
+    from ctp_steps.io import read_volume, write_json, write_status, write_volume
+    from ctp_steps.landmarks.validation import landmark_metrics
+    from ctp_steps.phantom import write_truth
+    from ctp_steps.registration.validation import true_mbf_in_reference_frame, truth_in_reference_frame
+    from ctp_steps.segmentation.validation import myocardium_metrics
+    from ctp_steps.types import StageStatus
+
+    p, g, k = tiny_patient, tiny_patient.geometry, 3
+    assert np.allclose(g.direction, np.eye(3).ravel())
+    u = np.array([2 * g.spacing[0], -g.spacing[1], 0.0])  # frame k at p shows the anatomy at p + u
+    truth = copy.deepcopy(p.truth)
+    truth["motion"]["frames"][k] = {"translation_mm": u.tolist(), "modes": []}
+    truth_dir, patient_dir = tmp_path / "truth" / "CTR-A" / "S0001", tmp_path / "patient"
+    write_truth(p, truth_dir)
+    write_json(truth_dir / "truth.json", truth)
+    moved = patient_dir / "register.status.json"
+    write_status(moved, StageStatus("register", "ok", record={"registration_reference_frame": k}))
+    oracle = tmp_path / "oracle" / "register.status.json"
+    write_status(oracle, StageStatus("register", "ok", record={"register_source": "oracle"}))
+    ok = patient_dir / "stage.status.json"
+    write_status(ok, StageStatus("x", "ok"))
+
+    def shift(volume: np.ndarray) -> np.ndarray:  # out[z, y, x] = volume[z, y - 1, x + 2]
+        return np.roll(volume, (1, -2), axis=(1, 2))
+
+    def value(table: pd.DataFrame, metric: str, target: str) -> float:
+        return float(table.loc[(table["metric"] == metric) & (table["target"] == target), "value"].iloc[0])
+
+    # a perfect myocardium of the series registered to frame k
+    write_volume(patient_dir / "myocardium.nii.gz", shift(p.labels == 3).astype(np.uint8), g)
+    right = value(myocardium_metrics(truth_dir, patient_dir / "myocardium.nii.gz", ok, moved), "dice", "myocardium")
+    wrong = value(myocardium_metrics(truth_dir, patient_dir / "myocardium.nii.gz", ok, oracle), "dice", "myocardium")
+    assert right == 1.0 and wrong < 0.8
+    # the oracle path is unchanged: the un-moved truth, whether or not a status is given
+    write_volume(patient_dir / "myo0.nii.gz", (p.labels == 3).astype(np.uint8), g)
+    for status in (oracle, None):
+        assert value(myocardium_metrics(truth_dir, patient_dir / "myo0.nii.gz", ok, status), "dice", "myocardium") == 1.0
+
+    # perfect landmarks and AHA map in frame k
+    found = {n: {"world_mm": (np.asarray(v) - u).tolist()} for n, v in p.truth["landmarks"].items()}
+    write_json(patient_dir / "landmarks.json", found)
+    write_volume(patient_dir / "aha17.nii.gz", shift(p.aha17), g)
+    args = (truth_dir, patient_dir / "landmarks.json", patient_dir / "aha17.nii.gz", ok)
+    right, wrong = landmark_metrics(*args, moved), landmark_metrics(*args, oracle)
+    for n in ("apex", "base", "rv_insertion"):
+        assert value(right, "landmark_error_mm", n) < 1e-6
+        assert value(wrong, "landmark_error_mm", n) == pytest.approx(np.linalg.norm(u))
+    assert value(right, "segment_label_agreement", "all") == 1.0 > value(wrong, "segment_label_agreement", "all")
+
+    # the true MBF map in the reference frame (linear interpolation), unchanged for the oracle
+    mbf, mg = true_mbf_in_reference_frame(truth_dir, moved)
+    assert mg.allclose(g) and mbf.dtype == np.float32
+    inner = (slice(None), slice(2, -2), slice(2, -2))
+    assert np.allclose(mbf[inner], shift(p.mbf)[inner], atol=1e-4)
+    assert np.allclose(mbf, truth_in_reference_frame(p.mbf, g, truth["motion"]["frames"][k], order=1))
+    assert np.array_equal(true_mbf_in_reference_frame(truth_dir, oracle)[0], read_volume(truth_dir / "mbf.nii.gz")[0])

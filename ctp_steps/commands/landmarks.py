@@ -64,7 +64,8 @@ def _train(args: argparse.Namespace) -> None:
 
     from ctp_steps.io import write_json
     from ctp_steps.landmarks.data import load_case
-    from ctp_steps.landmarks.infer import LandmarkDetector, resolve_device
+    from ctp_steps.devices import resolve_device
+    from ctp_steps.landmarks.infer import LandmarkDetector
     from ctp_steps.landmarks.net import save_checkpoint
     from ctp_steps.landmarks.train import evaluate, train
 
@@ -119,7 +120,10 @@ def _validate(args: argparse.Namespace) -> None:
     from ctp_steps.landmarks.validation import landmark_metrics
     from ctp_steps.validate import write_metrics
 
-    rows = landmark_metrics(Path(args.truth_dir), Path(args.landmarks), Path(args.aha), Path(args.status))
+    rows = landmark_metrics(
+        Path(args.truth_dir), Path(args.landmarks), Path(args.aha), Path(args.status),
+        Path(args.register_status) if args.register_status else None,
+    )
     write_metrics(rows, Path(args.out))
 
 
@@ -169,5 +173,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--landmarks", required=True)
     p.add_argument("--aha", required=True)
     p.add_argument("--status", required=True)
+    p.add_argument("--register-status", default="", help="register stage status (its reference frame, if any)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_validate)

@@ -9,6 +9,8 @@ Metrics (stage `landmarks`, long format of ctp_steps.validate.METRIC_COLUMNS):
 - `long_axis_angle_error_deg` (target long_axis) and `rv_angle_error_deg`
   (target rv_insertion): angle between the true and detected long axes, and
   between the true and detected angular origins (θ = 0) about the true axis.
+The truth is taken into the registered series' reference frame (ctp_steps.registration.validation):
+unchanged for the oracle registration (un-moved anatomy).
 An excluded patient gets NaN rows (counted out of n in the summary).
 """
 
@@ -54,14 +56,25 @@ def landmark_metric_values(truth: dict, found: dict, truth_aha: np.ndarray, aha:
     return rows
 
 
-def landmark_metrics(truth_dir: Path, landmarks_json: Path, aha_path: Path, status_path: Path) -> pd.DataFrame:
+def landmark_metrics(
+    truth_dir: Path, landmarks_json: Path, aha_path: Path, status_path: Path, register_status: Path | None = None
+) -> pd.DataFrame:
+    """Rows of one patient. The truth (landmarks, AHA map) is taken where the registered series shows it:
+    moved by the true motion of the reference frame that `register_status` records (none: un-moved anatomy)."""
+    from ctp_steps.registration.validation import (
+        landmarks_in_reference_frame,
+        reference_motion,
+        truth_in_reference_frame,
+    )
     from ctp_steps.validate import METRIC_COLUMNS
 
     patient_id, center = truth_dir.name, truth_dir.parent.name
     if read_status(status_path).status == "ok":
-        truth = read_json(truth_dir / "truth.json")["landmarks"]
+        motion = reference_motion(truth_dir, status_path=register_status) if register_status else None
+        truth = landmarks_in_reference_frame(read_json(truth_dir / "truth.json")["landmarks"], motion)
         found = {n: v["world_mm"] for n, v in read_json(landmarks_json).items()}
-        truth_aha, _ = read_volume(truth_dir / "aha17.nii.gz")
+        truth_aha, geometry = read_volume(truth_dir / "aha17.nii.gz")
+        truth_aha = truth_in_reference_frame(truth_aha, geometry, motion, order=0)
         aha, _ = read_volume(aha_path)
         rows = landmark_metric_values(truth, found, truth_aha, aha)
     else:

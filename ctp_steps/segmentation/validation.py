@@ -7,8 +7,10 @@ Per patient (long rows, `ctp_steps.validate.METRIC_COLUMNS`):
   times), `aif_rmse_hu`, and `segment_frames_ok` (0 when the stage excluded the
   patient; then the other metrics are NaN, counted out of n).
 - stage `segment_myocardium`: `dice` (target `myocardium`) against the true
-  myocardium at the reference anatomy, or, when the register stage records a
-  reference frame index (`reference_frame`), where that frame shows it.
+  myocardium where the registered series shows it: the un-moved anatomy for the
+  oracle registration, or, when the register stage records a reference frame
+  (`registration_reference_frame`), the true labels moved by that frame's true
+  motion (ctp_steps.registration.validation.truth_map_in_reference_frame).
 """
 
 from __future__ import annotations
@@ -56,25 +58,16 @@ def frames_metrics(truth_dir: Path, masks_path: Path, aif_path: Path, status_pat
     return _frame(rows, truth_dir)
 
 
-def _reference_frame(register_status: Path | None) -> int | None:
-    if register_status is None or not register_status.exists():
-        return None
-    ref = read_status(register_status).record.get("reference_frame")
-    return int(ref) if isinstance(ref, (int, np.integer)) else None
-
-
 def myocardium_metrics(
     truth_dir: Path, mask_path: Path, status_path: Path, register_status: Path | None = None
 ) -> pd.DataFrame:
+    from ctp_steps.registration.validation import truth_map_in_reference_frame
+
     stage = "segment_myocardium"
     if read_status(status_path).status != "ok":
         return _frame([(stage, "segment_myocardium_ok", "all", 0.0), (stage, "dice", "myocardium", np.nan)], truth_dir)
     pred, _ = read_volume(mask_path)
-    ref = _reference_frame(register_status)
-    if ref is None:
-        truth, _ = read_volume(truth_dir / "labels.nii.gz")
-    else:
-        truth = read_series(truth_dir / "frame_labels.nii.gz")[0][ref]
+    truth, _ = truth_map_in_reference_frame(truth_dir, "labels", register_status, order=0)
     rows = [
         (stage, "segment_myocardium_ok", "all", 1.0),
         (stage, "dice", "myocardium", dice(pred == 1, truth == MYOCARDIUM)),
