@@ -17,6 +17,7 @@ REGISTER_CODE = stage_fingerprint(
     "registration/qc.py",
     "registration/fields.py",
     "registration/config.py",
+    "devices.py",
     "commands/registration.py",
 )
 # Only the inference settings: new training or network settings do not rerun the cohort (new weights do).

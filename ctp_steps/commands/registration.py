@@ -62,7 +62,7 @@ def _data(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from ctp_steps.registration.learned import resolve_device
+    from ctp_steps.devices import resolve_device
     from ctp_steps.registration.train import train_command
 
     cfg = _config(args.config_json)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ctp_steps.registration.crop import BoxField, box_geometries, crop_frames
+from ctp_steps.devices import resolve_device  # noqa: F401 (re-exported: the stage and the benchmark use it)
 from ctp_steps.registration.net import MARGIN, RegNet, load_checkpoint
 from ctp_steps.types import Geometry
 
@@ -68,12 +69,3 @@ class LearnedRegistrar:
 def check_grid(grid: dict, path: Path) -> None:
     if grid["input_size"] - grid["output_size"] != 2 * MARGIN:
         raise ValueError(f"{path}: checkpoint grid {grid}: input and output sizes must differ by {2 * MARGIN}")
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` → CUDA when available, else CPU; `cuda` without a GPU is an error, never a silent fallback."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("config device is `cuda` but torch sees no CUDA device")
-    return torch.device(device)

@@ -220,7 +220,7 @@ def register_patient(
     threads: int = 1,
 ) -> dict:
     """Read, register, check, write; returns the record for patients.parquet."""
-    from ctp_steps.registration.learned import resolve_device
+    from ctp_steps.devices import resolve_device
 
     torch.set_num_threads(max(1, threads))
     device = resolve_device(device_name)
