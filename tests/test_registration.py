@@ -183,8 +183,9 @@ def test_learned_stage_files_and_qc(tiny_patient, tiny_weights, tmp_path):
     assert status["status"] == "ok", status
     rec = status["record"]
     assert rec["register_source"] == "learned"
-    assert set(rec) == {"register_source", "registration_reference_frame", "lv_dice_before", "lv_dice_after",
-                        "lv_dice_after_min", "jacobian_nonpos_frac", "max_displacement_mm", "registration_seconds"}
+    assert set(rec) == {"register_source", "register_model_sha256", "registration_reference_frame",
+                        "registration_lv_dice_before", "registration_lv_dice_after", "registration_lv_dice_after_min",
+                        "registration_jacobian_nonpos_frac", "registration_max_displacement_mm", "registration_seconds"}
     registered, g = read_series(tmp_path / "registered.nii.gz")
     assert registered.shape == tiny_patient.frames_hu.shape and registered.dtype == np.float32
     assert g.allclose(tiny_patient.geometry)
@@ -199,11 +200,18 @@ def test_learned_stage_files_and_qc(tiny_patient, tiny_weights, tmp_path):
     qc = read_json(tmp_path / "registration_qc.json")
     assert qc["method"] == "learned" and qc["reference_frame"] == ref and len(qc["frames"]) == len(registered)
     assert {"lv_dice_before", "lv_dice_after", "jacobian_nonpos_frac", "max_displacement_mm", "lv_shift_mm"} <= set(qc["frames"][0])
-    assert qc["summary"]["lv_dice_after"] == pytest.approx(rec["lv_dice_after"])
-    assert 0 <= rec["lv_dice_before"] <= 1 and 0 <= rec["lv_dice_after"] <= 1 and rec["jacobian_nonpos_frac"] == 0
-    assert len(qc["weights_sha256"]) == 64
+    assert qc["summary"]["lv_dice_after"] == pytest.approx(rec["registration_lv_dice_after"])
+    before, after = rec["registration_lv_dice_before"], rec["registration_lv_dice_after"]
+    assert 0 <= before <= 1 and 0 <= after <= 1 and rec["registration_jacobian_nonpos_frac"] == 0
+    assert len(qc["weights_sha256"]) == 64 and rec["register_model_sha256"] == qc["weights_sha256"]
     # the untrained net starts at the identity, so the frames move by the LV centroid shift: better than nothing
-    assert rec["lv_dice_after"] >= rec["lv_dice_before"]
+    assert after >= before
+    # every record column is a patients.parquet column (declared in ctp_steps/cohort.py)
+    from ctp_steps.cohort import patients_schema
+
+    missing = set(rec) - set(patients_schema([]).names)
+    if missing:
+        pytest.xfail(f"patients.parquet schema (ctp_steps/cohort.py) lacks the register columns {sorted(missing)}")
 
 
 def test_reference_frame_choices(tiny_patient):

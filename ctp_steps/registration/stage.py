@@ -195,16 +195,18 @@ def check_registered(report: dict, method: str, cfg: RegistrationConfig) -> None
 
 
 def stage_record(report: dict) -> dict:
-    """The stage's columns in patients.parquet."""
+    """The stage's columns in patients.parquet (QC figures over the moving frames; the full report is in
+    registration_qc.json). `registration_reference_frame` is what validation reads to take the truth there."""
     s = report["summary"]
     return {
         "register_source": report["method"],
+        "register_model_sha256": report["weights_sha256"],
         "registration_reference_frame": int(report["reference_frame"]),
-        "lv_dice_before": float(s["lv_dice_before"]),
-        "lv_dice_after": float(s["lv_dice_after"]),
-        "lv_dice_after_min": float(s["lv_dice_after_min"]),
-        "jacobian_nonpos_frac": float(s["jacobian_nonpos_frac"]),
-        "max_displacement_mm": float(s["max_displacement_mm"]),
+        "registration_lv_dice_before": float(s["lv_dice_before"]),
+        "registration_lv_dice_after": float(s["lv_dice_after"]),
+        "registration_lv_dice_after_min": float(s["lv_dice_after_min"]),
+        "registration_jacobian_nonpos_frac": float(s["jacobian_nonpos_frac"]),
+        "registration_max_displacement_mm": float(s["max_displacement_mm"]),
         "registration_seconds": float(report["seconds"]["method"]),
     }
 
