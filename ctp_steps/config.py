@@ -80,7 +80,7 @@ class StagesConfig(Strict):
         "vbnet", description="Aorta/LV masks per frame and the AIF."
     )
     registration: Literal["oracle", "learned", "simpleitk", "none"] = Field(
-        "oracle", description="Alignment of all frames to the reference."
+        "learned", description="Alignment of all frames to the reference."
     )
     segment_myocardium: Literal["oracle", "vbnet"] = Field(
         "vbnet", description="Myocardium on the registered average."

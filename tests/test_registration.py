@@ -185,7 +185,7 @@ def test_learned_stage_files_and_qc(tiny_patient, tiny_weights, tmp_path):
     assert rec["register_source"] == "learned"
     assert set(rec) == {"register_source", "register_model_sha256", "registration_reference_frame",
                         "registration_lv_dice_before", "registration_lv_dice_after", "registration_lv_dice_after_min",
-                        "registration_jacobian_nonpos_frac", "registration_max_displacement_mm", "registration_seconds"}
+                        "registration_jacobian_nonpos_frac", "registration_max_displacement_mm"}
     registered, g = read_series(tmp_path / "registered.nii.gz")
     assert registered.shape == tiny_patient.frames_hu.shape and registered.dtype == np.float32
     assert g.allclose(tiny_patient.geometry)
@@ -209,9 +209,7 @@ def test_learned_stage_files_and_qc(tiny_patient, tiny_weights, tmp_path):
     # every record column is a patients.parquet column (declared in ctp_steps/cohort.py)
     from ctp_steps.cohort import patients_schema
 
-    missing = set(rec) - set(patients_schema([]).names)
-    if missing:
-        pytest.xfail(f"patients.parquet schema (ctp_steps/cohort.py) lacks the register columns {sorted(missing)}")
+    assert set(rec) <= set(patients_schema([]).names)
 
 
 def test_reference_frame_choices(tiny_patient):

@@ -207,7 +207,6 @@ def stage_record(report: dict) -> dict:
         "registration_lv_dice_after_min": float(s["lv_dice_after_min"]),
         "registration_jacobian_nonpos_frac": float(s["jacobian_nonpos_frac"]),
         "registration_max_displacement_mm": float(s["max_displacement_mm"]),
-        "registration_seconds": float(report["seconds"]["method"]),
     }
 
 
