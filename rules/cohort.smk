@@ -1,4 +1,13 @@
-# Per-patient records → the cohort tables under results/cohort/.
+# Per-patient records → the cohort tables under results/cohort/: patients.parquet, and segments.parquet
+# once MBF and IMV are in the chain. One rule reads every patient, so `--batch gather_patients=i/B`
+# slices the whole cohort (README "Huge cohorts").
+COHORT_SEGMENTS = [f"{RESULTS}/cohort/segments.parquet"] if "imv" in PATIENT_STAGES else []
+
+
+def patient_segment_tables(wildcards) -> list[str]:
+    if not COHORT_SEGMENTS:
+        return []
+    return [f for t in ("mbf", "imv") for f in per_patient(f"{PATIENT_DIR}/segments_{t}.parquet")]
 
 
 rule gather_patients:
@@ -7,14 +16,17 @@ rule gather_patients:
         status=lambda wc: [
             f for stage in PATIENT_STAGES for f in per_patient(f"{PATIENT_DIR}/{stage}.status.json")
         ],
+        segment_tables=patient_segment_tables,
     output:
-        f"{RESULTS}/cohort/patients.parquet",
+        patients=f"{RESULTS}/cohort/patients.parquet",
+        segments=COHORT_SEGMENTS,
     params:
         patients_dir=f"{RESULTS}/patients",
         stages=lambda wc: PATIENT_STAGES,
         covariates=CFG.covariates,
         config_hash=CONFIG_HASH,
-        code=stage_fingerprint("cohort.py", "manifest.py", "commands/cohort.py"),
+        segments=lambda wc, output: f"--segments-out {output.segments}" if COHORT_SEGMENTS else "",
+        code=stage_fingerprint("cohort.py", "manifest.py", "aha.py", "commands/cohort.py"),
     log:
         f"{LOGS}/gather_patients.log",
     resources:
@@ -25,32 +37,5 @@ rule gather_patients:
     shell:
         "ctp-steps gather --manifest {input.manifest:q} --patients-dir {params.patients_dir:q}"
         " --stages {params.stages} --covariates {params.covariates} --config-hash {params.config_hash}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --out {output.patients:q} {params.segments} > {log:q} 2>&1"
 
-
-# 17 rows per usable patient, once MBF and IMV are in the chain.
-COHORT_SEGMENTS = [f"{RESULTS}/cohort/segments.parquet"] if "imv" in PATIENT_STAGES else []
-
-
-rule gather_segments:
-    input:
-        manifest=manifest_path(),
-        status=lambda wc: per_patient(f"{PATIENT_DIR}/imv.status.json"),
-        mbf=lambda wc: per_patient(f"{PATIENT_DIR}/segments_mbf.parquet"),
-        imv=lambda wc: per_patient(f"{PATIENT_DIR}/segments_imv.parquet"),
-    output:
-        f"{RESULTS}/cohort/segments.parquet",
-    params:
-        patients_dir=f"{RESULTS}/patients",
-        config_hash=CONFIG_HASH,
-        code=stage_fingerprint("cohort.py", "manifest.py", "aha.py", "commands/cohort.py"),
-    log:
-        f"{LOGS}/gather_segments.log",
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/stats.yaml"
-    shell:
-        "ctp-steps gather-segments --manifest {input.manifest:q} --patients-dir {params.patients_dir:q}"
-        " --last-stage imv --config-hash {params.config_hash} --out {output:q} > {log:q} 2>&1"

@@ -445,4 +445,8 @@ def test_batched_run_equals_one_run(manifest_ws):
     batched, whole = (t.sort_values(key).reset_index(drop=True) for t in (batched, whole))
     # config_hash covers results_dir, the only setting that differs
     pd.testing.assert_frame_equal(batched.drop(columns="config_hash"), whole.drop(columns="config_hash"))
+    segments = [pd.read_parquet(manifest_ws.work / r / "cohort" / "segments.parquet") for r in ("results-batched", "results")]
+    key = ["center", "patient_id", "segment"]
+    batched, whole = (t.sort_values(key).reset_index(drop=True).drop(columns="config_hash") for t in segments)
+    pd.testing.assert_frame_equal(batched, whole)
     assert manifest_ws.plan(config=config) == []

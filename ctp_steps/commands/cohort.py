@@ -7,19 +7,15 @@ from pathlib import Path
 
 
 def _gather(args: argparse.Namespace) -> None:
-    from ctp_steps.cohort import gather_patients, write_patients_table
+    from ctp_steps.cohort import gather_patients, gather_segments, write_patients_table, write_segments_table
 
     table = gather_patients(Path(args.manifest), Path(args.patients_dir), args.stages, args.covariates)
     write_patients_table(table, Path(args.out), args.covariates, args.config_hash)
     print(f"{len(table)} patients, {(table['status'] == 'ok').sum()} ok -> {args.out}")
-
-
-def _gather_segments(args: argparse.Namespace) -> None:
-    from ctp_steps.cohort import gather_segments, write_segments_table
-
-    table = gather_segments(Path(args.manifest), Path(args.patients_dir), args.last_stage)
-    write_segments_table(table, Path(args.out), args.config_hash)
-    print(f"{len(table)} segment rows of {table['patient_id'].nunique()} patients -> {args.out}")
+    if args.segments_out:
+        segments = gather_segments(Path(args.manifest), Path(args.patients_dir), args.stages[-1])
+        write_segments_table(segments, Path(args.segments_out), args.config_hash)
+        print(f"{len(segments)} segment rows of {segments['patient_id'].nunique()} patients -> {args.segments_out}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,12 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--covariates", nargs="*", default=[])
     p.add_argument("--config-hash", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--segments-out", help="also write segments.parquet (17 rows per patient whose last stage is ok)")
     p.set_defaults(func=_gather)
 
-    p = sub.add_parser("gather-segments", help="per-patient segment tables → results/cohort/segments.parquet")
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--patients-dir", required=True)
-    p.add_argument("--last-stage", required=True, help="stage whose ok status marks a usable patient")
-    p.add_argument("--config-hash", required=True)
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=_gather_segments)
