@@ -4,19 +4,15 @@
 COHORT_SEGMENTS = [f"{RESULTS}/cohort/segments.parquet"] if "imv" in PATIENT_STAGES else []
 
 
-def patient_segment_tables(wildcards) -> list[str]:
-    if not COHORT_SEGMENTS:
-        return []
-    return [f for t in ("mbf", "imv") for f in per_patient(f"{PATIENT_DIR}/segments_{t}.parquet")]
-
-
 rule gather_patients:
     input:
         manifest=manifest_path(),
         status=lambda wc: [
             f for stage in PATIENT_STAGES for f in per_patient(f"{PATIENT_DIR}/{stage}.status.json")
         ],
-        segment_tables=patient_segment_tables,
+        segment_tables=lambda wc: [
+            f for t in ("mbf", "imv") if COHORT_SEGMENTS for f in per_patient(f"{PATIENT_DIR}/segments_{t}.parquet")
+        ],
     output:
         patients=f"{RESULTS}/cohort/patients.parquet",
         segments=COHORT_SEGMENTS,
