@@ -53,18 +53,13 @@ def _rows(truth_dir: Path, stage: str, rows: list[tuple[str, str, float]]) -> pd
 
 def truth_maps(truth_dir: Path, patient_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, Geometry]:
     """True MBF, labels and AHA segments as the registered series shows them, and their geometry."""
-    from ctp_steps.registration.validation import reference_motion, truth_in_reference_frame
+    from ctp_steps.registration.validation import truth_map_in_reference_frame
 
-    motion = reference_motion(truth_dir, patient_dir)
-    mbf, geometry = read_volume(truth_dir / "mbf.nii.gz")
-    labels, _ = read_volume(truth_dir / "labels.nii.gz")
-    aha17, _ = read_volume(truth_dir / "aha17.nii.gz")
-    return (
-        truth_in_reference_frame(mbf, geometry, motion, order=1),
-        truth_in_reference_frame(labels, geometry, motion),
-        truth_in_reference_frame(aha17, geometry, motion),
-        geometry,
-    )
+    register_status = patient_dir / "register.status.json"
+    mbf, geometry = truth_map_in_reference_frame(truth_dir, "mbf", register_status, order=1)
+    labels, _ = truth_map_in_reference_frame(truth_dir, "labels", register_status)
+    aha17, _ = truth_map_in_reference_frame(truth_dir, "aha17", register_status)
+    return mbf, labels, aha17, geometry
 
 
 def map_metrics(est: np.ndarray, mask: np.ndarray, truth: np.ndarray, true_myo: np.ndarray, true_global: float) -> dict:

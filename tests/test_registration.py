@@ -366,7 +366,7 @@ def test_downstream_validation_takes_the_truth_into_the_reference_frame(tiny_pat
     from ctp_steps.io import read_volume, write_json, write_status, write_volume
     from ctp_steps.landmarks.validation import landmark_metrics
     from ctp_steps.phantom import write_truth
-    from ctp_steps.registration.validation import true_mbf_in_reference_frame, truth_in_reference_frame
+    from ctp_steps.registration.validation import truth_in_reference_frame, truth_map_in_reference_frame
     from ctp_steps.segmentation.validation import myocardium_metrics
     from ctp_steps.types import StageStatus
 
@@ -413,9 +413,9 @@ def test_downstream_validation_takes_the_truth_into_the_reference_frame(tiny_pat
     assert value(right, "segment_label_agreement", "all") == 1.0 > value(wrong, "segment_label_agreement", "all")
 
     # the true MBF map in the reference frame (linear interpolation), unchanged for the oracle
-    mbf, mg = true_mbf_in_reference_frame(truth_dir, moved)
+    mbf, mg = truth_map_in_reference_frame(truth_dir, "mbf", moved, order=1)
     assert mg.allclose(g) and mbf.dtype == np.float32
     inner = (slice(None), slice(2, -2), slice(2, -2))
     assert np.allclose(mbf[inner], shift(p.mbf)[inner], atol=1e-4)
     assert np.allclose(mbf, truth_in_reference_frame(p.mbf, g, truth["motion"]["frames"][k], order=1))
-    assert np.array_equal(true_mbf_in_reference_frame(truth_dir, oracle)[0], read_volume(truth_dir / "mbf.nii.gz")[0])
+    assert np.array_equal(truth_map_in_reference_frame(truth_dir, "mbf", oracle, order=1)[0], read_volume(truth_dir / "mbf.nii.gz")[0])

@@ -120,11 +120,6 @@ def truth_map_in_reference_frame(
     return truth_in_reference_frame(volume, geometry, motion, order=order), geometry
 
 
-def true_mbf_in_reference_frame(truth_dir: Path, register_status: Path | None) -> tuple[np.ndarray, Geometry]:
-    """The true MBF map (truth `mbf.nii.gz`, ml/min/100 g) in the registered series' frame, linear interpolation."""
-    return truth_map_in_reference_frame(truth_dir, "mbf", register_status, order=1)
-
-
 def sample_field(field: np.ndarray, geometry: Geometry, points: np.ndarray) -> np.ndarray:
     """Trilinear value of a world field (z, y, x, 3) at world points (n, 3)."""
     f = torch.as_tensor(field, dtype=torch.float64).permute(3, 0, 1, 2)[None]
