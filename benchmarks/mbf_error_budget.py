@@ -25,9 +25,10 @@ VARIANTS: dict[str, dict] = {
     "default": {},
     "no_noise": {"noise_sd_hu": (0.0, 0.0)},
     "noise_15_25": {"noise_sd_hu": (15.0, 25.0)},
-    "ps_300": {"permeability_surface": 300.0},
-    "ps_600": {"permeability_surface": 600.0},
+    "fixed_ps_120": {"permeability_surface": 120.0, "ps_flow_slope": 0.0},
     "extraction_1": {"permeability_surface": 1e5, "noise_sd_hu": (15.0, 25.0)},
+    "extraction_1_no_noise": {"permeability_surface": 1e5, "noise_sd_hu": (0.0, 0.0)},
+    "extraction_1_no_noise_no_blur": {"permeability_surface": 1e5, "noise_sd_hu": (0.0, 0.0), "psf_sigma_mm": 0.01},
 }
 
 
@@ -52,7 +53,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|")
     for name in args.variants:
         params = PhantomParams(rigid_shift_max_mm=0.0, deformation_max_mm=0.0, **VARIANTS[name])
-        cfg = MBFConfig(ps_ml_100ml_min=params.permeability_surface)
+        cfg = MBFConfig(ps_ml_100ml_min=params.permeability_surface, ps_flow_slope=params.ps_flow_slope)
         pairs: dict[str, list] = {"regularised": [], "voxel-wise": [], "segment curve fit": []}
         for spec in specs:
             p = generate_patient(spec, params)

@@ -6,7 +6,7 @@ Same model (K1, k2, vb, delay; exact exponential convolution of the AIF on its
 curve_fit, so the baseline gets the better deal), same voxels. curve_fit is
 timed on a random subsample and extrapolated to all voxels (stated in the
 table). Curves: a whole LV's worth of voxels (default 120,000) with stress and
-ischemic MBF, Renkin-Crone extraction (PS 120), 16 irregular frames, 15 HU noise.
+ischemic MBF, Renkin-Crone extraction (PS = 60 + 0.5 MBF), 16 irregular frames, 15 HU noise.
 
     python benchmarks/mbf_fit.py [--voxels 120000] [--baseline-voxels 300] [--device cpu|cuda] [--threads 1]
 
@@ -25,13 +25,13 @@ import torch
 from scipy.optimize import OptimizeWarning, curve_fit
 
 from ctp_steps.devices import resolve_device
-from ctp_steps.mbf.fit import DTYPE, OneCompartmentFitter, fit_curves, renkin_crone_flow
+from ctp_steps.mbf.fit import DTYPE, OneCompartmentFitter, RenkinCrone, fit_curves
 from ctp_steps.mbf.kinetics import GridAIF, one_compartment
 from ctp_steps.mbf.tac import arterial_input, gamma_variates
 
 TIMES = np.array([0.0, 1.7, 3.9, 5.2, 7.4, 8.6, 10.9, 12.3, 14.8, 16.1, 18.9, 21.0, 23.6, 26.9, 29.4, 33.1])
 AIF_PARAMS = np.array([5.3, 6.5, 3.0, 420.0, 2.0, 9.0, 2.2, 60.0])
-PS = 120.0
+EXTRACTION = RenkinCrone(60.0, 0.5)  # the stage's default: PS = 60 + 0.5 MBF
 MAX_DELAY_S = 10.0
 
 
@@ -39,7 +39,7 @@ def make_curves(n: int, noise_hu: float, rng: np.random.Generator):
     """Noisy one-compartment voxel curves and the AIF the fits see."""
     aif = arterial_input(TIMES, 45.0 + gamma_variates(AIF_PARAMS, TIMES), 100.0, "gamma_variate")
     mbf = np.where(rng.random(n) < 0.2, rng.uniform(50, 100, n), rng.uniform(150, 250, n))
-    k1 = mbf * -np.expm1(-PS / mbf) / 6000.0
+    k1 = EXTRACTION.k1(mbf) / 6000.0
     theta = np.stack([k1, k1 / rng.uniform(0.2, 0.3, n), rng.uniform(0.05, 0.15, n), rng.uniform(0.5, 3.0, n)], 1)
     grid = GridAIF.from_values(aif.grid_dt_s, aif.grid_hu, torch.device("cpu"), DTYPE)
     clean, _ = one_compartment(grid, torch.as_tensor(TIMES, dtype=DTYPE), torch.as_tensor(theta, dtype=DTYPE))
@@ -86,7 +86,7 @@ def main() -> None:
     rng = np.random.default_rng(20261128)
     aif, curves = make_curves(args.voxels, args.noise_hu, rng)
 
-    kw = dict(max_delay_s=MAX_DELAY_S, max_iter=60, chunk=args.chunk, device=device, renkin_crone_ps=PS,
+    kw = dict(max_delay_s=MAX_DELAY_S, max_iter=60, chunk=args.chunk, device=device, renkin_crone=EXTRACTION,
               max_mbf=600.0)
     fit_curves(curves[:1000], aif, "one_compartment", **kw)  # warm-up (allocator, CUDA context)
     if device.type == "cuda":
@@ -116,8 +116,8 @@ def main() -> None:
     t_base_per_voxel = (time.perf_counter() - start) / len(sub)
     t_base = t_base_per_voxel * args.voxels
 
-    mbf_batched = renkin_crone_flow(batched.rate[sub], PS, 600.0)
-    d_mbf = np.abs(mbf_batched - renkin_crone_flow(base_theta[:, 0] * 6000, PS, 600.0))
+    mbf_batched = EXTRACTION.flow(batched.rate[sub], 600.0)
+    d_mbf = np.abs(mbf_batched - EXTRACTION.flow(base_theta[:, 0] * 6000, 600.0))
     d_k1 = np.abs(batched.params["k1"][sub] - base_theta[:, 0]) * 6000
     sse_ratio = batched.sse[sub] / base_sse
     cpu = platform.processor() or platform.machine()

@@ -22,7 +22,7 @@ from ctp_steps.mbf.fit import (
     SharedKinetics,
     fit_curves,
     levenberg_marquardt,
-    renkin_crone_flow,
+    RenkinCrone,
 )
 from ctp_steps.mbf.kinetics import GridAIF, GridConvolution, exp_convolution, fermi, one_compartment
 from ctp_steps.mbf.tac import arterial_input, gamma_variates
@@ -62,7 +62,7 @@ def tissue_curves(theta: np.ndarray, model: str = "one_compartment", times: np.n
 
 def fit(curves, aif, method, **kw):
     return fit_curves(curves, aif, method, max_delay_s=10.0, max_iter=200, chunk=1000, device=CPU,
-                      renkin_crone_ps=None, max_mbf=600.0, **kw)
+                      renkin_crone=None, max_mbf=600.0, **kw)
 
 
 # ---------------------------------------------------------------- kinetics
@@ -149,9 +149,14 @@ def test_upslope_is_max_slope_over_peak_aif():
 
 def test_renkin_crone_inversion():
     flow = np.array([30.0, 80.0, 150.0, 250.0])
-    k1 = flow * -np.expm1(-120.0 / flow)
-    np.testing.assert_allclose(renkin_crone_flow(k1, 120.0, 600.0), flow, rtol=1e-5)
-    assert renkin_crone_flow(np.array([125.0]), 120.0, 600.0)[0] == 600.0  # K1 above PS: the ceiling
+    fixed = RenkinCrone(120.0)
+    np.testing.assert_allclose(fixed.flow(flow * -np.expm1(-120.0 / flow), 600.0), flow, rtol=1e-5)
+    assert fixed.flow(np.array([125.0]), 600.0)[0] == 600.0  # K1 above PS: the ceiling
+    recruiting = RenkinCrone(60.0, 0.5)  # PS = 60 + 0.5 MBF
+    k1 = flow * (1.0 - np.exp(-(60.0 + 0.5 * flow) / flow))
+    np.testing.assert_allclose(recruiting.k1(flow), k1, rtol=1e-12)
+    np.testing.assert_allclose(recruiting.flow(k1, 600.0), flow, rtol=1e-5)
+    assert recruiting.k1(np.array([200.0]))[0] == pytest.approx(200.0 * (1.0 - np.exp(-0.8)))
 
 
 def test_bounds_are_respected_and_lm_stops():
@@ -206,7 +211,7 @@ def ring_patient(noise_hu: float, seed: int = 0) -> tuple[PerfusionInputs, np.nd
     zz = np.arange(nz)[:, None, None] * np.ones((1, ny, nx), dtype=int)
     aha = np.where(myo, np.where(zz < 2, 1 + ring6, 7 + ring6), 0).astype(np.uint8)
     mbf = np.where(np.isin(aha, (1, 2, 7, 8)), 70.0, 200.0) * myo
-    k1 = np.where(myo, mbf * -np.expm1(-120.0 / np.maximum(mbf, 1.0)), 0.0) / 6000.0
+    k1 = np.where(myo, RenkinCrone(60.0, 0.5).k1(np.maximum(mbf, 1.0)), 0.0) / 6000.0
     theta = np.stack([k1[myo], k1[myo] / 0.25, np.full(myo.sum(), 0.1), np.full(myo.sum(), 1.5)], axis=1)
     _, curves = tissue_curves(theta)
     series = np.full((len(TIMES), nz, ny, nx), 40.0)
@@ -334,7 +339,7 @@ def test_device_is_explicit():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu():
     aif, curves = tissue_curves(ONE_COMPARTMENT_TRUTH)
-    kw = dict(max_delay_s=10.0, max_iter=200, chunk=1000, renkin_crone_ps=120.0, max_mbf=600.0)
+    kw = dict(max_delay_s=10.0, max_iter=200, chunk=1000, renkin_crone=RenkinCrone(60.0, 0.5), max_mbf=600.0)
     cpu = fit_curves(curves, aif, "one_compartment", device=CPU, **kw)
     gpu = fit_curves(curves, aif, "one_compartment", device=torch.device("cuda"), **kw)
     np.testing.assert_allclose(gpu.mbf, cpu.mbf, rtol=1e-6)

@@ -38,7 +38,7 @@ class RegularisationConfig(BaseModel):
         ge=0,
         description="Curves of voxels at least this far inside the myocardium mask are the sources of the "
         "averages and of the shared kinetics (the deepest voxels where the wall is thinner); nearer the "
-        "boundary, blood-pool and fat partial volume bias the curves. 0: every voxel.",
+        "boundary, blood-pool and fat partial volume and residual misregistration bias the curves. 0: every voxel.",
     )
     shared_kinetics: bool = Field(
         True, description="one_compartment: one delay, ve = K1/k2 and vb per patient (from the mean curve of "
@@ -58,16 +58,25 @@ class MBFConfig(BaseModel):
     )
     renkin_crone: bool = Field(
         True,
-        description="one_compartment: MBF from K1 = MBF*(1-exp(-PS/MBF)); false takes MBF = K1 (extraction 1).",
+        description="one_compartment: MBF from K1 = MBF*(1-exp(-PS/MBF)), PS = ps_ml_100ml_min + "
+        "ps_flow_slope*MBF; false takes MBF = K1 (extraction 1).",
     )
     ps_ml_100ml_min: float = Field(
-        120.0, gt=0, description="Capillary permeability-surface product of iodine (mL/100mL/min) in Renkin-Crone."
+        60.0,
+        gt=0,
+        description="Capillary permeability-surface product of iodine at zero flow (mL/100mL/min) in Renkin-Crone.",
+    )
+    ps_flow_slope: float = Field(
+        0.5,
+        ge=0,
+        description="Capillary recruitment: PS grows by this much per mL/100mL/min of flow (0: fixed PS, "
+        "whose K1 saturates at PS).",
     )
     max_mbf: float = Field(
         600.0,
         gt=0,
-        description="Ceiling of the Renkin-Crone correction (mL/100mL/min): K1 tends to PS as flow grows, "
-        "so K1 cannot tell higher flows apart.",
+        description="Ceiling of the Renkin-Crone correction (mL/100mL/min); with a fixed PS, K1 tends to PS as "
+        "flow grows, so K1 cannot tell higher flows apart.",
     )
     min_aif_peak_hu: float = Field(
         100.0, ge=0, description="AIF peak enhancement below this excludes the patient (missed or weak bolus)."

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ctp_steps.mbf.config import MBFConfig, Method
-from ctp_steps.mbf.fit import FitResult, SharedKinetics, fit_curves
+from ctp_steps.mbf.fit import FitResult, RenkinCrone, SharedKinetics, fit_curves
 from ctp_steps.mbf.regularise import Neighbourhood, bilateral_average
 from ctp_steps.mbf.tac import ArterialInput, arterial_input, segment_mean_curves, tissue_enhancement
 from ctp_steps.types import Geometry, PatientInputError
@@ -81,7 +81,7 @@ def estimate_mbf(
             max_iter=cfg.max_iter,
             chunk=cfg.chunk_voxels,
             device=device,
-            renkin_crone_ps=cfg.ps_ml_100ml_min if cfg.renkin_crone else None,
+            renkin_crone=RenkinCrone(cfg.ps_ml_100ml_min, cfg.ps_flow_slope) if cfg.renkin_crone else None,
             max_mbf=cfg.max_mbf,
             shared=shared,
         )

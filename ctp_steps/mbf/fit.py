@@ -233,17 +233,29 @@ class FermiFitter:
         return torch.minimum(torch.maximum(theta, self.lower), self.upper)
 
 
-def renkin_crone_flow(k1: np.ndarray, ps: float, max_flow: float) -> np.ndarray:
-    """MBF from K1 = MBF (1 - exp(-PS/MBF)), all in mL/100mL/min: the exact inverse.
+@dataclass(frozen=True)
+class RenkinCrone:
+    """Extraction E = 1 - exp(-PS(F)/F) with PS(F) = ps + flow_slope * F (capillary recruitment).
 
-    K1 tends to PS as flow grows, so a K1 at or above K1(max_flow) gives
-    `max_flow` (the data cannot tell those flows apart). Monotone, so a
-    median-unbiased K1 gives a median-unbiased MBF; the mean is not (the inverse
-    is convex: dMBF/dK1 ~ 8 at 200 for PS 120).
+    All in mL/100mL/min. flow_slope = 0 is the classic fixed-PS model, whose K1
+    saturates at PS; with recruitment K1 keeps growing with flow.
     """
-    flow = np.geomspace(1e-3, max_flow, 4000)
-    table = flow * -np.expm1(-ps / flow)  # increasing in flow
-    return np.interp(np.asarray(k1, dtype=float), table, flow, left=0.0, right=max_flow)
+
+    ps: float
+    flow_slope: float = 0.0
+
+    def k1(self, flow: np.ndarray) -> np.ndarray:
+        flow = np.asarray(flow, dtype=float)
+        return flow * -np.expm1(-self.ps / flow - self.flow_slope)
+
+    def flow(self, k1: np.ndarray, max_flow: float) -> np.ndarray:
+        """The exact inverse of k1(): monotone, so a median-unbiased K1 gives a median-unbiased MBF.
+
+        A K1 at or above k1(max_flow) gives `max_flow` (with a fixed PS the data
+        cannot tell those flows apart: dMBF/dK1 ~ 8 at 200 for PS 120).
+        """
+        flow = np.geomspace(1e-3, max_flow, 4000)
+        return np.interp(np.asarray(k1, dtype=float), self.k1(flow), flow, left=0.0, right=max_flow)
 
 
 def upslope_fit(curves: torch.Tensor, times_s: torch.Tensor, aif_peak_hu: float) -> FitResult:
@@ -271,15 +283,14 @@ def fit_curves(
     max_iter: int,
     chunk: int,
     device: torch.device,
-    renkin_crone_ps: float | None,
+    renkin_crone: RenkinCrone | None,
     max_mbf: float,
     shared: SharedKinetics | None = None,
 ) -> FitResult:
     """Fit every tissue curve (n, frames), in HU at the AIF's frame times, with `method`.
 
-    Chunks of `chunk` curves at a time bound memory. `renkin_crone_ps`
-    (mL/100mL/min) turns one-compartment K1 into flow, at most `max_mbf`; None
-    takes MBF = K1.
+    Chunks of `chunk` curves at a time bound memory. `renkin_crone` turns
+    one-compartment K1 into flow, at most `max_mbf`; None takes MBF = K1.
     `shared` (one_compartment only) fixes delay, ve and vb: voxels fit K1 alone.
     """
     times = torch.as_tensor(aif.times_s, device=device, dtype=DTYPE)
@@ -308,9 +319,9 @@ def fit_curves(
         theta = np.stack([k1, k1 / shared.ve, np.full_like(k1, shared.vb), np.full_like(k1, shared.delay_s)], axis=1)
     params = dict(zip(PARAMETER_NAMES[method], theta.T))
     rate = theta[:, 0] * PER_S_TO_ML_100ML_MIN
-    use_rc = method == "one_compartment" and renkin_crone_ps is not None
+    use_rc = method == "one_compartment" and renkin_crone is not None
     return FitResult(
-        mbf=renkin_crone_flow(rate, renkin_crone_ps, max_mbf) if use_rc else rate,
+        mbf=renkin_crone.flow(rate, max_mbf) if use_rc else rate,
         rate=rate,
         params=params,
         sse=np.concatenate(sses) if sses else np.zeros(0),

@@ -7,6 +7,7 @@ gamma variate plus a smaller, broader recirculation. LV blood is the same curve
 higher, sharper first pass. Myocardium (MBF in mL/100mL/min, F = MBF/6000 1/s):
     C(t) = K1·(Ca ⊗ e^(−k2·t))(t − δ) + vb·Ca(t − δ),
     K1 = E·F,  E = 1 − exp(−PS/MBF) (Renkin-Crone),  k2 = K1/ve,
+    PS = PS0 + γ·MBF (capillary recruitment: extraction ~0.8 at 50, ~0.55 at 200),
 with Ca the aortic AIF and δ the tissue delay. The convolution is integrated on
 a fine time grid (exponential trapezoid recursion, vectorised over voxels) and
 sampled at the frame times.
@@ -45,7 +46,8 @@ class Kinetics:
     tissue_delay_s: float
     blood_volume: float  # vb
     extravascular_volume: float  # ve
-    permeability_surface: float  # PS, mL/100mL/min
+    permeability_surface: float  # PS at zero flow, mL/100mL/min
+    ps_flow_slope: float  # PS = permeability_surface + ps_flow_slope * MBF (capillary recruitment)
     dt_s: float
 
     def aorta(self, t: np.ndarray) -> np.ndarray:
@@ -61,7 +63,7 @@ class Kinetics:
     def rate_constants(self, mbf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """K1 and k2 (1/s) for MBF in mL/100mL/min."""
         mbf = np.asarray(mbf, dtype=float)
-        extraction = 1.0 - np.exp(-self.permeability_surface / mbf)
+        extraction = 1.0 - np.exp(-self.permeability_surface / mbf - self.ps_flow_slope)
         k1 = extraction * mbf / 6000.0
         return k1, k1 / self.extravascular_volume
 
@@ -100,7 +102,7 @@ class Kinetics:
         d = asdict(self)
         d["model"] = (
             "C(t) = K1*(Ca conv exp(-k2 t))(t - delay) + vb*Ca(t - delay); "
-            "K1 = E*MBF/6000, E = 1 - exp(-PS/MBF), k2 = K1/ve"
+            "K1 = E*MBF/6000, E = 1 - exp(-PS/MBF), PS = permeability_surface + ps_flow_slope*MBF, k2 = K1/ve"
         )
         return d
 
@@ -130,5 +132,6 @@ def draw_kinetics(rng: np.random.Generator, params: PhantomParams, frame_times_s
         blood_volume=uniform(rng, params.blood_volume_fraction),
         extravascular_volume=params.extravascular_fraction,
         permeability_surface=params.permeability_surface,
+        ps_flow_slope=params.ps_flow_slope,
         dt_s=params.kinetics_dt_s,
     )

@@ -145,9 +145,15 @@ class PhantomParams(BaseModel):
         0.25, gt=0, le=1, description="Extravascular distribution volume ve (k2 = K1/ve)."
     )
     permeability_surface: float = Field(
-        120.0,
+        60.0,
         gt=0,
-        description="Capillary PS (mL/100mL/min) in Renkin-Crone extraction E = 1 − exp(−PS/MBF).",
+        description="Capillary PS at zero flow (mL/100mL/min) in Renkin-Crone extraction E = 1 − exp(−PS/MBF).",
+    )
+    ps_flow_slope: float = Field(
+        0.5,
+        ge=0,
+        description="Capillary recruitment: PS = permeability_surface + ps_flow_slope·MBF, so extraction "
+        "falls from ~0.8 at 50 to ~0.5 at 300 mL/100mL/min instead of saturating K1 at PS.",
     )
     kinetics_dt_s: float = Field(
         0.1, gt=0, le=0.5, description="Time step of the tissue-curve integration (s)."
