@@ -14,7 +14,7 @@ class RegularisationConfig(BaseModel):
     """How `mbf.nii.gz` is made from noisy voxel curves (the voxel-wise fit stays in `mbf_raw.nii.gz`).
 
     Each voxel's curve is replaced by an edge-preserving weighted mean of the
-    curves of nearby deep voxels of its AHA segment, guided by the previous
+    curves of nearby deep voxels (optionally of its AHA segment), guided by the previous
     pass's map (see ctp_steps/mbf/regularise.py); with `shared_kinetics`, the
     one-compartment delay, ve and vb are fitted once per patient on the mean
     deep-voxel curve and each voxel fits K1 alone.
@@ -32,7 +32,12 @@ class RegularisationConfig(BaseModel):
         "(K1 for one_compartment, before the extraction correction).",
     )
     passes: int = Field(2, ge=0, le=5, description="Guided passes after the first, unguided one.")
-    same_segment: bool = Field(True, description="Average only within one AHA segment.")
+    same_segment: bool = Field(
+        False,
+        description="Average only within one AHA segment. Off by default: the landmark stage's segment labels "
+        "disagree with the truth on ~8 % of voxels and segments' few deep voxels make noisy averages (8+8 "
+        "validation patients, default pipeline: segment ICC 0.66 with, 0.73 without; BENCHMARKS.md).",
+    )
     min_depth_mm: float = Field(
         4.0,
         ge=0,
