@@ -1,11 +1,11 @@
 """Where MBF error comes from: the MBF estimator on phantom variants with perfect masks and no motion.
 
-    .venv/bin/python benchmarks/mbf_error_budget.py --n-patients 6 --variants default no_noise extraction_1 ps_300
+    .venv/bin/python benchmarks/mbf_error_budget.py --n-patients 6 --variants default no_noise fixed_ps_120 motion_undone
 
 Each variant changes the phantom (params below), renders N cohort-role patients
 without motion (`motion_undone`: with the default motion, every frame moved back
-with the true displacement, i.e. a perfect registration), and runs `estimate_mbf` (the stage's computation, default config
-with the variant's PS) on the true myocardium, AHA map and an AIF from the eroded
+with the true displacement, i.e. a perfect registration), and runs `estimate_mbf`
+(the stage's computation, default config with the variant's PS) on the true myocardium, AHA map and an AIF from the eroded
 true aorta. It prints segment-level agreement with the truth (ICC(2,1), bias,
 RMSE) for the regularised map, the voxel-wise map and the fit of the segment mean
 curves. Registration, segmentation and landmark errors are thereby excluded:

@@ -19,10 +19,10 @@ from ctp_steps.mbf import MBFConfig
 from ctp_steps.mbf.estimate import PerfusionInputs, estimate_mbf
 from ctp_steps.mbf.fit import (
     DTYPE,
+    RenkinCrone,
     SharedKinetics,
     fit_curves,
     levenberg_marquardt,
-    RenkinCrone,
 )
 from ctp_steps.mbf.kinetics import GridAIF, GridConvolution, exp_convolution, fermi, one_compartment
 from ctp_steps.mbf.tac import arterial_input, gamma_variates

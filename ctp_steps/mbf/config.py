@@ -35,7 +35,7 @@ class RegularisationConfig(BaseModel):
     same_segment: bool = Field(
         False,
         description="Average only within one AHA segment. Off by default: the landmark stage's segment labels "
-        "disagree with the truth on ~8 % of voxels and segments' few deep voxels make noisy averages (8+8 "
+        "disagree with the truth on ~10 % of voxels and segments' few deep voxels make noisy averages (8+8 "
         "validation patients, default pipeline: segment ICC 0.66 with, 0.73 without; BENCHMARKS.md).",
     )
     min_depth_mm: float = Field(

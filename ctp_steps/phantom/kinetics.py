@@ -7,7 +7,8 @@ gamma variate plus a smaller, broader recirculation. LV blood is the same curve
 higher, sharper first pass. Myocardium (MBF in mL/100mL/min, F = MBF/6000 1/s):
     C(t) = K1·(Ca ⊗ e^(−k2·t))(t − δ) + vb·Ca(t − δ),
     K1 = E·F,  E = 1 − exp(−PS/MBF) (Renkin-Crone),  k2 = K1/ve,
-    PS = PS0 + γ·MBF (capillary recruitment: extraction ~0.8 at 50, ~0.55 at 200),
+    PS = PS0 + γ·MBF (capillary recruitment: extraction ~0.8 at 50, ~0.55 at 200;
+    written out here, not imported from the MBF stage, so the truth stays independent of the estimator),
 with Ca the aortic AIF and δ the tissue delay. The convolution is integrated on
 a fine time grid (exponential trapezoid recursion, vectorised over voxels) and
 sampled at the frame times.
