@@ -5,7 +5,9 @@ parameters are solved in closed form, with non-negativity, for every voxel and
 every grid point of the nonlinear ones, including the delay) and are refined by
 a bounded Levenberg-Marquardt iteration run on every voxel of a chunk at once.
 With shared kinetics (delay, ve, vb fixed per patient) the grid is over K1
-alone. No per-voxel Python loop anywhere; float64 on CPU and CUDA alike.
+alone. The one-compartment model runs on a table of the AIF's exponential
+convolutions (`ExpConvolutionTable`). No per-voxel Python loop anywhere;
+float64 on CPU and CUDA alike.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ import numpy as np
 import torch
 
 from ctp_steps.mbf.config import Method
-from ctp_steps.mbf.kinetics import GridAIF, GridConvolution, exp_convolution, fermi, one_compartment
+from ctp_steps.mbf.kinetics import (
+    ExpConvolutionTable,
+    GridAIF,
+    GridConvolution,
+    exp_convolution,
+    fermi,
+    one_compartment,
+)
 from ctp_steps.mbf.tac import ArterialInput
 
 PER_S_TO_ML_100ML_MIN = 6000.0
@@ -141,9 +150,10 @@ class OneCompartmentFitter:
         self.basis2, _ = aif(u)
         self.lower = torch.tensor(ONE_COMPARTMENT_LOWER, device=dev, dtype=dt)
         self.upper = torch.tensor(ONE_COMPARTMENT_UPPER[:3] + (max_delay_s,), device=dev, dtype=dt)
+        self.table = ExpConvolutionTable.build(aif, ONE_COMPARTMENT_LOWER[1], ONE_COMPARTMENT_UPPER[1])
 
     def model(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return one_compartment(self.aif, self.times, theta)
+        return one_compartment(self.aif, self.times, theta, self.table)
 
     def start(self, y: torch.Tensor) -> torch.Tensor:
         p1, p2 = y @ self.basis1.T, y @ self.basis2.T  # (V, G)
@@ -186,6 +196,7 @@ class SharedKineticsFitter:
         self.aif, self.times, self.shared = aif, times_s, shared
         dev, dt = times_s.device, times_s.dtype
         self.grid = torch.linspace(0.0, ONE_COMPARTMENT_UPPER[0], 121, device=dev, dtype=dt)[1:]
+        self.table = ExpConvolutionTable.build(aif, 1e-4, ONE_COMPARTMENT_UPPER[0] / shared.ve)
         self.basis, _ = self.model(self.grid[:, None])
         self.lower = torch.tensor([1e-4 * shared.ve], device=dev, dtype=dt)
         self.upper = torch.tensor([ONE_COMPARTMENT_UPPER[0]], device=dev, dtype=dt)
@@ -196,7 +207,7 @@ class SharedKineticsFitter:
         full = torch.stack(
             [k1, k1 / sh.ve, torch.full_like(k1, sh.vb), torch.full_like(k1, sh.delay_s)], dim=-1
         )
-        curve, jac = one_compartment(self.aif, self.times, full)
+        curve, jac = one_compartment(self.aif, self.times, full, self.table)
         return curve, (jac[..., 0] + jac[..., 1] / sh.ve)[..., None]
 
     def start(self, y: torch.Tensor) -> torch.Tensor:
