@@ -114,7 +114,7 @@ def levenberg_marquardt(
 def _nnls_two(p1, p2, g11, g12, g22) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact non-negative least squares of y on two basis curves, from y'b1, y'b2 and the Gram.
 
-    Returns (c1, c2, explained) where explained = ||y||^2 - SSE; all (V, G).
+    Returns (c1, c2, explained) where explained = ||y||^2 - SSE; all of p1's shape.
     """
     det = (g11 * g22 - g12**2).clamp_min(1e-30 * g11 * g22)
     c1 = (g22 * p1 - g12 * p2) / det
@@ -156,21 +156,25 @@ class OneCompartmentFitter:
         return one_compartment(self.aif, self.times, theta, self.table)
 
     def start(self, y: torch.Tensor) -> torch.Tensor:
-        p1, p2 = y @ self.basis1.T, y @ self.basis2.T  # (V, G)
-        g11 = (self.basis1**2).sum(-1).clamp_min(1e-30)
-        g22 = (self.basis2**2).sum(-1).clamp_min(1e-30)
-        g12 = (self.basis1 * self.basis2).sum(-1)
-        c1, c2, explained = _nnls_two(p1, p2, g11, g12, g22)
-        best = explained.argmax(-1, keepdim=True)
-        theta = torch.stack(
-            [
-                c1.gather(1, best)[:, 0],
-                self.grid_k2[best[:, 0]],
-                c2.gather(1, best)[:, 0],
-                self.grid_delay[best[:, 0]],
-            ],
-            dim=-1,
+        """The best grid point per voxel, then K1 and vb exact (float64) there.
+
+        The (V, G) search runs in float32: half the memory traffic of the
+        start's dominant cost, and a start needs no more precision.
+        """
+        b1, b2 = self.basis1.float(), self.basis2.float()
+        y32 = y.float()
+        gram = (b1**2).sum(-1).clamp_min(1e-30), (b1 * b2).sum(-1), (b2**2).sum(-1).clamp_min(1e-30)
+        _, _, explained = _nnls_two(y32 @ b1.T, y32 @ b2.T, gram[0], gram[1], gram[2])
+        best = explained.argmax(-1)
+        b1, b2 = self.basis1[best], self.basis2[best]  # (V, T)
+        k1, vb, _ = _nnls_two(
+            (y * b1).sum(-1),
+            (y * b2).sum(-1),
+            (b1**2).sum(-1).clamp_min(1e-30),
+            (b1 * b2).sum(-1),
+            (b2**2).sum(-1).clamp_min(1e-30),
         )
+        theta = torch.stack([k1, self.grid_k2[best], vb, self.grid_delay[best]], dim=-1)
         return torch.minimum(torch.maximum(theta, self.lower), self.upper)
 
 
