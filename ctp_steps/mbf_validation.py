@@ -56,7 +56,7 @@ def truth_maps(truth_dir: Path, patient_dir: Path) -> tuple[np.ndarray, np.ndarr
     from ctp_steps.registration.validation import truth_map_in_reference_frame
 
     register_status = patient_dir / "register.status.json"
-    mbf, geometry = truth_map_in_reference_frame(truth_dir, "mbf", register_status, order=1)
+    mbf, geometry = truth_map_in_reference_frame(truth_dir, "mbf", register_status)
     labels, _ = truth_map_in_reference_frame(truth_dir, "labels", register_status)
     aha17, _ = truth_map_in_reference_frame(truth_dir, "aha17", register_status)
     return mbf, labels, aha17, geometry

@@ -62,22 +62,21 @@ def true_field(motion_reference: dict, motion_frame: dict, points: np.ndarray) -
     return where_seen(motion_frame, points + motion_at(motion_reference, points)) - points
 
 
-def truth_in_reference_frame(
-    volume: np.ndarray, geometry: Geometry, motion_reference: dict | None, order: int = 0
-) -> np.ndarray:
+def truth_in_reference_frame(volume: np.ndarray, geometry: Geometry, motion_reference: dict | None) -> np.ndarray:
     """A truth map of the un-moved anatomy (labels, AHA, MBF; (z, y, x)) as the reference frame shows it.
 
-    order 0: nearest (labels, segments); 1: linear (MBF). `motion_reference` None (the oracle's
-    un-moved reference) returns the volume unchanged.
+    Nearest neighbour for every map, so that a voxel's label, segment and MBF come from the same
+    anatomy voxel (linear interpolation blended the myocardium's MBF with the zero outside it and
+    made its rim falsely ischemic). `motion_reference` None (the oracle's un-moved reference)
+    returns the volume unchanged.
     """
     if motion_reference is None:
         return volume
     points = world_points(geometry, volume.shape, torch.device("cpu"), torch.float64).numpy()
     anatomy = points + motion_at(motion_reference, points)
     vol = torch.as_tensor(np.ascontiguousarray(volume), dtype=torch.float64)[None, None]
-    mode = "nearest" if order == 0 else "bilinear"
-    out = sample_world(vol, geometry, torch.as_tensor(anatomy)[None], mode=mode)[0, 0].numpy()
-    return out.astype(volume.dtype) if order == 0 else out.astype(np.float32)
+    out = sample_world(vol, geometry, torch.as_tensor(anatomy)[None], mode="nearest")[0, 0].numpy()
+    return out.astype(volume.dtype)
 
 
 def landmarks_in_reference_frame(landmarks: dict, motion_reference: dict | None) -> dict:
@@ -107,17 +106,15 @@ def reference_motion(truth_dir: Path, patient_dir: Path | None = None, status_pa
     return read_json(Path(truth_dir) / "truth.json")["motion"]["frames"][int(frame)]
 
 
-def truth_map_in_reference_frame(
-    truth_dir: Path, name: str, register_status: Path | None, order: int = 0
-) -> tuple[np.ndarray, Geometry]:
+def truth_map_in_reference_frame(truth_dir: Path, name: str, register_status: Path | None) -> tuple[np.ndarray, Geometry]:
     """A truth volume of the phantom (`labels`, `aha17`, `mbf`, ...: `<name>.nii.gz` in `truth_dir`) where the
-    registered series shows it: (map, geometry). Order 0 nearest (labels, segments), 1 linear (MBF).
+    registered series shows it: (map, geometry), by nearest neighbour (`truth_in_reference_frame`).
     Unchanged when the register stage aligned to the un-moved anatomy (the oracle) or there is no status."""
     from ctp_steps.io import read_volume
 
     volume, geometry = read_volume(Path(truth_dir) / f"{name}.nii.gz")
     motion = reference_motion(truth_dir, status_path=register_status) if register_status else None
-    return truth_in_reference_frame(volume, geometry, motion, order=order), geometry
+    return truth_in_reference_frame(volume, geometry, motion), geometry
 
 
 def sample_field(field: np.ndarray, geometry: Geometry, points: np.ndarray) -> np.ndarray:

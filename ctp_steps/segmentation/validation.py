@@ -67,7 +67,7 @@ def myocardium_metrics(
     if read_status(status_path).status != "ok":
         return _frame([(stage, "segment_myocardium_ok", "all", 0.0), (stage, "dice", "myocardium", np.nan)], truth_dir)
     pred, _ = read_volume(mask_path)
-    truth, _ = truth_map_in_reference_frame(truth_dir, "labels", register_status, order=0)
+    truth, _ = truth_map_in_reference_frame(truth_dir, "labels", register_status)
     rows = [
         (stage, "segment_myocardium_ok", "all", 1.0),
         (stage, "dice", "myocardium", dice(pred == 1, truth == MYOCARDIUM)),
