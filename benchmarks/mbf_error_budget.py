@@ -9,7 +9,8 @@ with the true displacement, i.e. a perfect registration), and runs `estimate_mbf
 true aorta. It prints segment-level agreement with the truth (ICC(2,1), bias,
 RMSE) for the regularised map, the voxel-wise map and the fit of the segment mean
 curves, and for the maps the IMV stage's result (default threshold) against the
-true ischemia: mean |IMV% error| (signed mean in brackets) and Dice where true IMV% >= 5. Registration, segmentation and landmark errors are thereby excluded:
+true ischemia: mean |IMV% error| (signed mean in brackets) and Dice where true
+IMV% >= 5. Registration, segmentation and landmark errors are thereby excluded:
 what is left is physics (extraction), noise and partial volume.
 """
 

@@ -132,6 +132,11 @@ def _nnls_two(p1, p2, g11, g12, g22) -> tuple[torch.Tensor, torch.Tensor, torch.
     return c1, c2, explained
 
 
+def _gram(b1: torch.Tensor, b2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(b1'b1, b1'b2, b2'b2) of two sets of basis curves (G, T), in the order `_nnls_two` takes them."""
+    return (b1**2).sum(-1).clamp_min(1e-30), (b1 * b2).sum(-1), (b2**2).sum(-1).clamp_min(1e-30)
+
+
 def _delay_grid(max_delay_s: float, device, dtype) -> torch.Tensor:
     return torch.linspace(0.0, max_delay_s, max(2, int(round(max_delay_s)) + 1), device=device, dtype=dtype)
 
@@ -148,6 +153,9 @@ class OneCompartmentFitter:
         u = times_s[None, :] - self.grid_delay[:, None]
         self.basis1, _ = exp_convolution(aif, self.grid_k2, u)  # (G, T)
         self.basis2, _ = aif(u)
+        self.gram = _gram(self.basis1, self.basis2)  # (g11, g12, g22) per grid point
+        self.basis1_32, self.basis2_32 = self.basis1.float(), self.basis2.float()
+        self.gram_32 = tuple(g.float() for g in self.gram)
         self.lower = torch.tensor(ONE_COMPARTMENT_LOWER, device=dev, dtype=dt)
         self.upper = torch.tensor(ONE_COMPARTMENT_UPPER[:3] + (max_delay_s,), device=dev, dtype=dt)
         self.table = ExpConvolutionTable.build(aif, ONE_COMPARTMENT_LOWER[1], ONE_COMPARTMENT_UPPER[1])
@@ -161,19 +169,11 @@ class OneCompartmentFitter:
         The (V, G) search runs in float32: half the memory traffic of the
         start's dominant cost, and a start needs no more precision.
         """
-        b1, b2 = self.basis1.float(), self.basis2.float()
         y32 = y.float()
-        gram = (b1**2).sum(-1).clamp_min(1e-30), (b1 * b2).sum(-1), (b2**2).sum(-1).clamp_min(1e-30)
-        _, _, explained = _nnls_two(y32 @ b1.T, y32 @ b2.T, gram[0], gram[1], gram[2])
+        _, _, explained = _nnls_two(y32 @ self.basis1_32.T, y32 @ self.basis2_32.T, *self.gram_32)
         best = explained.argmax(-1)
-        b1, b2 = self.basis1[best], self.basis2[best]  # (V, T)
-        k1, vb, _ = _nnls_two(
-            (y * b1).sum(-1),
-            (y * b2).sum(-1),
-            (b1**2).sum(-1).clamp_min(1e-30),
-            (b1 * b2).sum(-1),
-            (b2**2).sum(-1).clamp_min(1e-30),
-        )
+        p1, p2 = (y * self.basis1[best]).sum(-1), (y * self.basis2[best]).sum(-1)
+        k1, vb, _ = _nnls_two(p1, p2, *(g[best] for g in self.gram))
         theta = torch.stack([k1, self.grid_k2[best], vb, self.grid_delay[best]], dim=-1)
         return torch.minimum(torch.maximum(theta, self.lower), self.upper)
 
