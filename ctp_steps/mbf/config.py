@@ -93,6 +93,13 @@ class MBFConfig(BaseModel):
     max_delay_s: float = Field(10.0, ge=0, le=30, description="Upper bound of the AIF-to-tissue delay (s).")
     max_iter: int = Field(60, ge=1, le=500, description="Levenberg-Marquardt iterations at most.")
     chunk_voxels: int = Field(20_000, ge=100, description="Voxels fitted at once; bounds memory.")
+    compile_fits: bool = Field(
+        False,
+        description="Run the Levenberg-Marquardt iterations and the one-compartment grid search as torch.compile'd "
+        "kernels: ~5x the voxel-wise fit's throughput on CPU (BENCHMARKS.md), but each process first compiles "
+        "for ~30 s (a few s once torch's on-disk cache holds the kernels), more than a phantom-sized patient's "
+        "fits take eagerly. Worth it for large voxel counts per process. Needs a C++ compiler on CPU.",
+    )
     regularisation: RegularisationConfig = Field(
         default_factory=RegularisationConfig, description="How mbf.nii.gz is made from noisy voxel curves."
     )

@@ -84,6 +84,7 @@ def estimate_mbf(
             renkin_crone=RenkinCrone(cfg.ps_ml_100ml_min, cfg.ps_flow_slope) if cfg.renkin_crone else None,
             max_mbf=cfg.max_mbf,
             shared=shared,
+            compiled=cfg.compile_fits,
         )
 
     reg = cfg.regularisation

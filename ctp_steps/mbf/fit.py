@@ -12,6 +12,7 @@ float64 on CPU and CUDA alike.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,6 +67,7 @@ def levenberg_marquardt(
     max_iter: int,
     rtol: float = 1e-8,
     max_rejections: int = 8,
+    compiled: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounded LM on every row of y at once; returns (theta, sse).
 
@@ -73,42 +75,92 @@ def levenberg_marquardt(
     units comparable; bounds by projection. A voxel's step is kept only if it
     lowers that voxel's SSE. A voxel stops when an accepted step gains less than
     `rtol` of its SSE or after `max_rejections` rejected steps in a row; each
-    iteration works only on the voxels still going.
+    iteration works only on the voxels still going. `compiled` runs each
+    iteration as one torch.compile'd kernel (same arithmetic; see `MBFConfig.compile`).
     """
-    curve, jac = model(theta)
+    iteration = _compiled(_lm_iteration) if compiled else _lm_iteration
+    theta = theta.clone()
+    curve, _ = model(theta)
     sse = ((y - curve) ** 2).sum(-1)
     lam = torch.full_like(sse, 1e-3)
     rejected = torch.zeros_like(sse, dtype=torch.long)
     active = torch.arange(len(y), device=y.device)
-    eye = torch.eye(theta.shape[-1], dtype=theta.dtype, device=theta.device)
     for _ in range(max_iter):
         if active.numel() == 0:
             break
-        th, cu, ja, ss, la = theta[active], curve[active], jac[active], sse[active], lam[active]
-        ya = y[active]
-        jtj = torch.einsum("vtp,vtq->vpq", ja, ja)
-        grad = torch.einsum("vtp,vt->vp", ja, ya - cu)
-        # Parameters held at a bound by the gradient are frozen for this step (projected LM).
-        held = ((th <= lower) & (grad < 0)) | ((th >= upper) & (grad > 0))
-        free = (~held).to(th.dtype)
-        jtj = jtj * free[:, :, None] * free[:, None, :] + torch.diag_embed(1.0 - free)
-        grad = grad * free
-        diag = jtj.diagonal(dim1=1, dim2=2).clamp_min(1e-30)
-        step = torch.linalg.solve_ex(jtj + (la[:, None] * diag)[..., None] * eye, grad)[0]
-        trial = torch.minimum(torch.maximum(th + step, lower), upper)
-        trial_curve, trial_jac = model(trial)
-        trial_sse = ((ya - trial_curve) ** 2).sum(-1)
-        better = trial_sse < ss
-        theta[active] = torch.where(better[:, None], trial, th)
-        curve[active] = torch.where(better[:, None], trial_curve, cu)
-        jac[active] = torch.where(better[:, None, None], trial_jac, ja)
-        sse[active] = torch.where(better, trial_sse, ss)
-        lam[active] = torch.where(better, la * 0.3, la * 4.0).clamp(1e-12, 1e12)
-        rej = torch.where(better, torch.zeros_like(rejected[active]), rejected[active] + 1)
-        rejected[active] = rej
-        done = (better & (ss - trial_sse <= rtol * ss)) | (rej >= max_rejections)
+        done = iteration(model, y, theta, sse, lam, rejected, active, lower, upper, rtol, max_rejections)
         active = active[~done]
     return theta, sse
+
+
+def _lm_iteration(
+    model: ModelFn,
+    y: torch.Tensor,
+    theta: torch.Tensor,
+    sse: torch.Tensor,
+    lam: torch.Tensor,
+    rejected: torch.Tensor,
+    active: torch.Tensor,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    rtol: float,
+    max_rejections: int,
+) -> torch.Tensor:
+    """One projected LM step of the `active` voxels, updating theta, sse, lam, rejected in place; returns done (A,).
+
+    Only parameters and SSE are carried between iterations; the Jacobian is
+    re-evaluated at the current point, and the trial needs only the curve (a
+    compiled graph drops the trial's Jacobian), so little memory is streamed.
+    """
+    ya, th, ss, la = y[active], theta[active], sse[active], lam[active]
+    curve, jac = model(th)
+    jtj = (jac[:, :, :, None] * jac[:, :, None, :]).sum(1)
+    grad = (jac * (ya - curve)[:, :, None]).sum(1)
+    # Parameters held at a bound by the gradient are frozen for this step (projected LM).
+    held = ((th <= lower) & (grad < 0)) | ((th >= upper) & (grad > 0))
+    free = (~held).to(th.dtype)
+    jtj = jtj * free[:, :, None] * free[:, None, :] + torch.diag_embed(1.0 - free)
+    diag = jtj.diagonal(dim1=1, dim2=2).clamp_min(1e-30)
+    step = _solve_spd(jtj + torch.diag_embed(la[:, None] * diag), grad * free)
+    trial = torch.minimum(torch.maximum(th + step, lower), upper)
+    trial_curve, _ = model(trial)
+    trial_sse = ((ya - trial_curve) ** 2).sum(-1)
+    better = trial_sse < ss
+    theta[active] = torch.where(better[:, None], trial, th)
+    sse[active] = torch.where(better, trial_sse, ss)
+    lam[active] = torch.where(better, la * 0.3, la * 4.0).clamp(1e-12, 1e12)
+    rej = torch.where(better, 0, rejected[active] + 1)
+    rejected[active] = rej
+    return (better & (ss - trial_sse <= rtol * ss)) | (rej >= max_rejections)
+
+
+def _solve_spd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Solve a x = b for a batch of small symmetric positive-definite systems (V, P, P), (V, P).
+
+    Under torch.compile an unrolled Cholesky fuses into the step's kernel
+    (LAPACK per 4x4 matrix would not); eagerly, LAPACK's batched solve is faster.
+    """
+    if not torch.compiler.is_compiling():
+        return torch.linalg.solve_ex(a, b)[0]
+    n = b.shape[-1]
+    low: list[list[torch.Tensor]] = [[] for _ in range(n)]
+    for i in range(n):
+        for j in range(i + 1):
+            s = a[:, i, j] - sum((low[i][k] * low[j][k] for k in range(j)), torch.zeros_like(b[:, 0]))
+            low[i].append(s.clamp_min(1e-300).sqrt() if i == j else s / low[j][j])
+    z: list[torch.Tensor] = []
+    for i in range(n):
+        z.append((b[:, i] - sum((low[i][k] * z[k] for k in range(i)), torch.zeros_like(b[:, 0]))) / low[i][i])
+    x: list[torch.Tensor] = [torch.zeros_like(b[:, 0])] * n
+    for i in reversed(range(n)):
+        x[i] = (z[i] - sum((low[k][i] * x[k] for k in range(i + 1, n)), torch.zeros_like(b[:, 0]))) / low[i][i]
+    return torch.stack(x, -1)
+
+
+@functools.cache
+def _compiled(fn: Callable) -> Callable:
+    """fn under torch.compile with dynamic shapes (the active set shrinks every iteration); built once per process."""
+    return torch.compile(fn, dynamic=True)
 
 
 def _nnls_two(p1, p2, g11, g12, g22) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -137,6 +189,11 @@ def _gram(b1: torch.Tensor, b2: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return (b1**2).sum(-1).clamp_min(1e-30), (b1 * b2).sum(-1), (b2**2).sum(-1).clamp_min(1e-30)
 
 
+def _best_grid_point(y, basis1, basis2, g11, g12, g22) -> torch.Tensor:
+    """Index (V,) of the grid point whose two basis curves, with non-negative weights, explain most of each y."""
+    return _nnls_two(y @ basis1.T, y @ basis2.T, g11, g12, g22)[2].argmax(-1)
+
+
 def _delay_grid(max_delay_s: float, device, dtype) -> torch.Tensor:
     return torch.linspace(0.0, max_delay_s, max(2, int(round(max_delay_s)) + 1), device=device, dtype=dtype)
 
@@ -163,15 +220,14 @@ class OneCompartmentFitter:
     def model(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return one_compartment(self.aif, self.times, theta, self.table)
 
-    def start(self, y: torch.Tensor) -> torch.Tensor:
+    def start(self, y: torch.Tensor, compiled: bool = False) -> torch.Tensor:
         """The best grid point per voxel, then K1 and vb exact (float64) there.
 
         The (V, G) search runs in float32: half the memory traffic of the
         start's dominant cost, and a start needs no more precision.
         """
-        y32 = y.float()
-        _, _, explained = _nnls_two(y32 @ self.basis1_32.T, y32 @ self.basis2_32.T, *self.gram_32)
-        best = explained.argmax(-1)
+        search = _compiled(_best_grid_point) if compiled else _best_grid_point
+        best = search(y.float(), self.basis1_32, self.basis2_32, *self.gram_32)
         p1, p2 = (y * self.basis1[best]).sum(-1), (y * self.basis2[best]).sum(-1)
         k1, vb, _ = _nnls_two(p1, p2, *(g[best] for g in self.gram))
         theta = torch.stack([k1, self.grid_k2[best], vb, self.grid_delay[best]], dim=-1)
@@ -214,7 +270,8 @@ class SharedKineticsFitter:
         curve, jac = one_compartment(self.aif, self.times, full, self.table)
         return curve, (jac[..., 0] + jac[..., 1] / sh.ve)[..., None]
 
-    def start(self, y: torch.Tensor) -> torch.Tensor:
+    def start(self, y: torch.Tensor, compiled: bool = False) -> torch.Tensor:
+        """The best K1 of the grid (one matmul: nothing for `compiled` to fuse)."""
         sse = (self.basis**2).sum(-1)[None, :] - 2 * y @ self.basis.T  # + ||y||^2, same for all grid points
         return self.grid[sse.argmin(-1)][:, None]
 
@@ -238,7 +295,8 @@ class FermiFitter:
     def model(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return fermi(self.conv, self.times, theta)
 
-    def start(self, y: torch.Tensor) -> torch.Tensor:
+    def start(self, y: torch.Tensor, compiled: bool = False) -> torch.Tensor:
+        """The best (tau, w, d) of the grid with F in closed form (one matmul: nothing for `compiled` to fuse)."""
         p = y @ self.basis.T  # (V, G)
         g = (self.basis**2).sum(-1).clamp_min(1e-30)
         explained = p.clamp_min(0) ** 2 / g
@@ -301,12 +359,14 @@ def fit_curves(
     renkin_crone: RenkinCrone | None,
     max_mbf: float,
     shared: SharedKinetics | None = None,
+    compiled: bool = False,
 ) -> FitResult:
     """Fit every tissue curve (n, frames), in HU at the AIF's frame times, with `method`.
 
     Chunks of `chunk` curves at a time bound memory. `renkin_crone` turns
     one-compartment K1 into flow, at most `max_mbf`; None takes MBF = K1.
     `shared` (one_compartment only) fixes delay, ve and vb: voxels fit K1 alone.
+    `compiled`: the LM iterations and the one-compartment grid search run torch.compile'd.
     """
     times = torch.as_tensor(aif.times_s, device=device, dtype=DTYPE)
     if method == "upslope":
@@ -325,7 +385,8 @@ def fit_curves(
     thetas, sses = [], []
     for i in range(0, len(curves), chunk):
         y = torch.as_tensor(curves[i : i + chunk], device=device, dtype=DTYPE)
-        theta, sse = levenberg_marquardt(fitter.model, y, fitter.start(y), fitter.lower, fitter.upper, max_iter)
+        start = fitter.start(y, compiled)
+        theta, sse = levenberg_marquardt(fitter.model, y, start, fitter.lower, fitter.upper, max_iter, compiled=compiled)
         thetas.append(theta.cpu().numpy())
         sses.append(sse.cpu().numpy())
     theta = np.concatenate(thetas) if thetas else np.zeros((0, fitter.lower.numel()))
