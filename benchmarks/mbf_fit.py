@@ -128,7 +128,8 @@ def main() -> None:
           f"extrapolated to {args.voxels:,} |")
     print(f"| wall time | {t_batched:.2f} s | {t_compiled:.2f} s (+ {compile_s:.1f} s compiling, once per process) | "
           f"{t_base:.0f} s (extrapolated; {1000 * t_base_per_voxel:.2f} ms/voxel) |")
-    print(f"| voxels/s | {args.voxels / t_batched:,.0f} | {args.voxels / t_compiled:,.0f} | {1 / t_base_per_voxel:,.0f} |")
+    rates = (args.voxels / t_batched, args.voxels / t_compiled, 1 / t_base_per_voxel)
+    print("| voxels/s | " + " | ".join(f"{r:,.0f}" for r in rates) + " |")
     print(f"| speed ratio | **{t_base / t_batched:,.0f}x** | **{t_base / t_compiled:,.0f}x** "
           f"({t_base / (t_compiled + compile_s):,.0f}x with the compile) | 1x |")
     print(f"\nAgreement with curve_fit on the {args.baseline_voxels} common voxels "

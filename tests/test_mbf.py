@@ -386,6 +386,7 @@ def test_compiled_fits_match_the_eager_ones_for_each_patients_aif():
     inputs of the compiled kernels, not constants baked into them), with four parameters and with shared kinetics."""
     rng = np.random.default_rng(5)
     n = 400
+    graphs = []
     for peak_scale in (1.0, 1.4):
         params = AIF_PARAMS * np.array([1, 1, 1, peak_scale, 1, 1, 1, 1])
         aif = arterial_input(TIMES, BASELINE_HU + gamma_variates(params, TIMES), 100.0, "gamma_variate")
@@ -394,12 +395,14 @@ def test_compiled_fits_match_the_eager_ones_for_each_patients_aif():
         theta = np.stack([k1, k1 / 0.25, rng.uniform(0.05, 0.15, n), rng.uniform(0.5, 3.0, n)], axis=1)
         clean, _ = one_compartment(grid, torch.as_tensor(TIMES, dtype=DTYPE), torch.as_tensor(theta, dtype=DTYPE))
         curves = clean.numpy() + rng.normal(0.0, 8.0, clean.shape)
-        for shared in (None, SharedKinetics(delay_s=1.5, ve=0.25, vb=0.1)):
+        for shared in (None, SharedKinetics(delay_s=1.0 * peak_scale, ve=0.2 * peak_scale, vb=0.1 * peak_scale)):
             eager = fit(curves, aif, "one_compartment", shared=shared)
             compiled = fit(curves, aif, "one_compartment", shared=shared, compiled=True)
             np.testing.assert_allclose(compiled.sse, eager.sse, rtol=1e-5)
             assert np.median(np.abs(compiled.mbf - eager.mbf)) < 0.01
             assert np.quantile(np.abs(compiled.mbf - eager.mbf), 0.95) < 1.0
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    assert graphs[1] == graphs[0], "the second patient's AIF or shared kinetics made torch recompile"
 
 
 def test_config_is_strict_and_documented():

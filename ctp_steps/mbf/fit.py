@@ -255,6 +255,8 @@ class SharedKineticsFitter:
     def __init__(self, aif: GridAIF, times_s: torch.Tensor, shared: SharedKinetics):
         self.aif, self.times, self.shared = aif, times_s, shared
         dev, dt = times_s.device, times_s.dtype
+        # Tensors, not floats: a compiled fit takes them as inputs instead of recompiling for each patient's values.
+        self.kinetics = torch.tensor([shared.delay_s, shared.ve, shared.vb], device=dev, dtype=dt)
         self.grid = torch.linspace(0.0, ONE_COMPARTMENT_UPPER[0], 121, device=dev, dtype=dt)[1:]
         self.table = ExpConvolutionTable.build(aif, 1e-4, ONE_COMPARTMENT_UPPER[0] / shared.ve)
         self.basis, _ = self.model(self.grid[:, None])
@@ -263,12 +265,10 @@ class SharedKineticsFitter:
 
     def model(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k1 = theta[:, 0]
-        sh = self.shared
-        full = torch.stack(
-            [k1, k1 / sh.ve, torch.full_like(k1, sh.vb), torch.full_like(k1, sh.delay_s)], dim=-1
-        )
+        delay, ve, vb = self.kinetics.unbind()
+        full = torch.stack([k1, k1 / ve, vb.expand_as(k1), delay.expand_as(k1)], dim=-1)
         curve, jac = one_compartment(self.aif, self.times, full, self.table)
-        return curve, (jac[..., 0] + jac[..., 1] / sh.ve)[..., None]
+        return curve, (jac[..., 0] + jac[..., 1] / ve)[..., None]
 
     def start(self, y: torch.Tensor, compiled: bool = False) -> torch.Tensor:
         """The best K1 of the grid (one matmul: nothing for `compiled` to fuse)."""
@@ -386,7 +386,9 @@ def fit_curves(
     for i in range(0, len(curves), chunk):
         y = torch.as_tensor(curves[i : i + chunk], device=device, dtype=DTYPE)
         start = fitter.start(y, compiled)
-        theta, sse = levenberg_marquardt(fitter.model, y, start, fitter.lower, fitter.upper, max_iter, compiled=compiled)
+        theta, sse = levenberg_marquardt(
+            fitter.model, y, start, fitter.lower, fitter.upper, max_iter, compiled=compiled
+        )
         thetas.append(theta.cpu().numpy())
         sses.append(sse.cpu().numpy())
     theta = np.concatenate(thetas) if thetas else np.zeros((0, fitter.lower.numel()))
