@@ -138,8 +138,8 @@ class ExpConvolutionTable:
     """
 
     aif: GridAIF
-    log_k_min: torch.Tensor  # 0-d, like step: inputs of a compiled fit, not constants baked into it
-    step: torch.Tensor  # node spacing in log k
+    log_k_min: float
+    step: float  # node spacing in log k
     j: torch.Tensor  # (K, M) J(s_m) at the nodes
     dj_dx: torch.Tensor  # (K, M) dJ(s_m)/d(log k) at the nodes
 
@@ -149,9 +149,7 @@ class ExpConvolutionTable:
         n = max(4, int(np.ceil(np.log10(k_max / k_min) * nodes_per_decade)) + 1)
         k = torch.logspace(np.log10(k_min), np.log10(k_max), n, dtype=dtype, device=device)
         j, dj_dk = exp_convolution_on_grid(aif, k)
-        log_k_min = torch.tensor(np.log(k_min), dtype=dtype, device=device)
-        step = torch.tensor(np.log(k_max / k_min) / (n - 1), dtype=dtype, device=device)
-        return cls(aif, log_k_min, step, j, dj_dk * k[:, None])
+        return cls(aif, float(np.log(k_min)), float(np.log(k_max / k_min) / (n - 1)), j, dj_dk * k[:, None])
 
     def _at_nodes(self, k: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Interpolated J(s_idx) and dJ/dk for rates k (V,) and grid indices idx (V, T)."""
