@@ -96,7 +96,7 @@ class MBFConfig(BaseModel):
     compile_fits: bool = Field(
         False,
         description="Run the Levenberg-Marquardt iterations and the one-compartment grid search as torch.compile'd "
-        "kernels: ~5x the voxel-wise fit's throughput on CPU (BENCHMARKS.md), but each process first compiles "
+        "kernels: 5-6x the voxel-wise fit's throughput on CPU (BENCHMARKS.md), but each process first compiles "
         "for ~30 s (a few s once torch's on-disk cache holds the kernels), more than a phantom-sized patient's "
         "fits take eagerly. Worth it for large voxel counts per process. Needs a C++ compiler on CPU.",
     )
