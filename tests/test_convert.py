@@ -310,10 +310,17 @@ def test_write_converted_round_trip_without_phi(tmp_path):
 # --- bad inputs: each gives its own reason, naming the folder or file ----------------------
 
 
+def rel(path: Path, dicom_dir: Path) -> str:
+    """How reasons name a file: relative to the patient folder, never by absolute path."""
+    return f"<dicom_dir>/{path.relative_to(dicom_dir).as_posix()}"
+
+
 def _convert_error(path: Path, **kwargs) -> str:
     with pytest.raises(PatientInputError) as info:
         convert_dicom_series(path, **kwargs)
-    return str(info.value)
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) not in msg, msg  # one line, no absolute path
+    return msg
 
 
 def test_no_readable_dicom(tmp_path):
@@ -321,7 +328,7 @@ def test_no_readable_dicom(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "IM0001").write_bytes(b"\x00" * 300)
     msg = _convert_error(tmp_path)
-    assert str(tmp_path) in msg and "no readable DICOM image files (2 files skipped: 2 not DICOM)" in msg
+    assert msg == "<dicom_dir>: no readable DICOM image files (2 files skipped: 2 not DICOM)"
 
 
 def test_missing_folder(tmp_path):
@@ -333,33 +340,42 @@ def test_non_ct_modality(tmp_path):
     files = write_dynamic(tmp_path, hu, times, "trigger_time",
                           edit=lambda ds, t, z: setattr(ds, "Modality", "MR" if (t, z) == (2, 3) else "CT"))
     msg = _convert_error(tmp_path)
-    assert msg == f"{files[2][3]}: modality MR, expected CT"
+    assert msg == f"{rel(files[2][3], tmp_path)}: modality MR, expected CT"
 
 
 def test_mixed_series_without_separating_tag(tmp_path):
     hu, times = truth()
     write_dynamic(tmp_path, hu, times, "trigger_time", edit=lambda ds, t, z: setattr(ds, "TriggerTime", "0"))
     msg = _convert_error(tmp_path)
-    assert str(tmp_path) in msg and "mixed series that cannot be separated" in msg
+    assert msg.startswith("<dicom_dir>: mixed series that cannot be separated")
     assert "share a slice position" in msg
 
 
-def test_mixed_stacks_with_different_orientation(tmp_path):
+def _named(number: int, description: str) -> Callable[[Dataset, int, int], None]:
+    def edit(ds, t, z):
+        ds.SeriesNumber, ds.SeriesDescription = number, description
+
+    return edit
+
+
+def test_two_dynamic_series_with_different_orientation_are_not_mixed(tmp_path):
     hu, times = truth()
-    write_dynamic(tmp_path / "a", hu, times, "temporal_position")
-    write_dynamic(tmp_path / "b", hu, times, "temporal_position", iop=AXIAL_FFS, seed=1)
+    write_dynamic(tmp_path / "a", hu, times, "temporal_position", edit=_named(3, "Perfusion"))
+    write_dynamic(tmp_path / "b", hu, times, "temporal_position", iop=AXIAL_FFS, seed=1, edit=_named(4, "Perfusion"))
     shutil.rmtree(tmp_path / "b" / "S001")  # b's frames are not like a's: not one dynamic series
     msg = _convert_error(tmp_path)
-    assert "mixed series that cannot be separated: stacks with different orientation" in msg
-    assert "in a/S000/" in msg and "in b/S000/" in msg
+    assert msg.startswith("<dicom_dir>: 2 candidate dynamic series, not mixed: series 3 'Perfusion' (60 images")
+    assert "series 4 'Perfusion' (54 images), e.g. <dicom_dir>/b/" in msg
 
 
 def test_rest_and_stress_series_in_one_folder(tmp_path):
     hu, times = truth()
-    write_dynamic(tmp_path / "rest", hu, times, "temporal_position")
-    write_dynamic(tmp_path / "stress", hu, times, "temporal_position", start_s=START_S + 600, seed=2)
+    write_dynamic(tmp_path / "rest", hu, times, "temporal_position", edit=_named(3, "Rest perfusion"))
+    write_dynamic(tmp_path / "stress", hu, times, "temporal_position", start_s=START_S + 600, seed=2,
+                  edit=_named(5, "Stress perfusion"))
     msg = _convert_error(tmp_path)
-    assert "mixed series that cannot be separated: 2 series for 20 frames" in msg
+    assert "2 candidate dynamic series, not mixed: series 3 'Rest perfusion' (60 images" in msg
+    assert "and series 5 'Stress perfusion' (60 images" in msg
 
 
 def test_incomplete_frame(tmp_path):
@@ -387,7 +403,7 @@ def test_shifted_slice_positions_in_one_frame(tmp_path):
 def test_too_few_frames(tmp_path):
     hu, times = truth(shape=(5, 6, 8, 7))
     write_dynamic(tmp_path, hu, times, "trigger_time")
-    assert _convert_error(tmp_path) == f"{tmp_path}: 5 frame(s), at least 8 required"
+    assert _convert_error(tmp_path) == "<dicom_dir>: 5 frame(s), at least 8 required"
     assert convert_dicom_series(tmp_path, min_frames=5).hu.shape == (5, 6, 8, 7)
 
 
@@ -483,7 +499,7 @@ def test_undecodable_pixel_data(tmp_path):
 
     files = write_dynamic(tmp_path, hu, times, "temporal_position", edit=truncate)
     msg = _convert_error(tmp_path)
-    assert msg.startswith(f"{files[7][2]}: pixel data cannot be decoded")
+    assert msg.startswith(f"{rel(files[7][2], tmp_path)}: pixel data cannot be decoded")
 
 
 def test_ct_image_without_pixel_data(tmp_path):
@@ -491,7 +507,7 @@ def test_ct_image_without_pixel_data(tmp_path):
     files = write_dynamic(tmp_path, hu, times, "temporal_position")
     raw = files[1][1].read_bytes()
     files[1][1].write_bytes(raw[: len(raw) - len(hu[0, 0].tobytes()) - 12])
-    assert _convert_error(tmp_path).startswith(f"{files[1][1]}: CT image without pixel data")
+    assert _convert_error(tmp_path).startswith(f"{rel(files[1][1], tmp_path)}: CT image without pixel data")
 
 
 # --- real DICOM from other writers (pydicom's bundled samples) ------------------------------
@@ -508,18 +524,18 @@ def _copy_samples(dst: Path, *relative: str) -> Path:
 
 def test_sample_single_ct_slice_is_one_frame(tmp_path):
     d = _copy_samples(tmp_path / "p", "CT_small.dcm")
-    assert _convert_error(d) == f"{d}: 1 frame(s) (a single stack of 1 slice(s)), at least 8 required"
+    assert _convert_error(d) == "<dicom_dir>: 1 frame(s) (a single stack of 1 slice(s)), at least 8 required"
 
 
 def test_sample_mr_is_rejected(tmp_path):
     d = _copy_samples(tmp_path / "p", "MR_small.dcm")
-    assert _convert_error(d) == f"{d / 'MR_small.dcm'}: modality MR, expected CT"
+    assert _convert_error(d) == "<dicom_dir>/MR_small.dcm: modality MR, expected CT"
 
 
 def test_sample_ct2_is_one_stack_with_gaps(tmp_path):
     """77654033/CT2: four slices at z = -99.5, 103.0, 104.3, 105.5 mm, one series, no time split."""
     d = _copy_samples(tmp_path / "p", "dicomdirtests/77654033/CT2")
-    assert _convert_error(d) == f"{d}: 1 frame(s) (a single stack of 4 slice(s)), at least 8 required"
+    assert _convert_error(d) == "<dicom_dir>: 1 frame(s) (a single stack of 4 slice(s)), at least 8 required"
     assert "non-uniform slice spacing: gaps from 1.250 to 202.500 mm" in _convert_error(d, min_frames=1)
 
 
@@ -541,7 +557,7 @@ def test_sample_ct5n_matches_simpleitk(tmp_path):
 
 def test_sample_text_only_folder(tmp_path):
     d = _copy_samples(tmp_path / "p", "README.txt")
-    assert _convert_error(d) == f"{d}: no readable DICOM image files (1 files skipped: 1 not DICOM)"
+    assert _convert_error(d) == "<dicom_dir>: no readable DICOM image files (1 files skipped: 1 not DICOM)"
 
 
 def test_follows_linked_folders_once(tmp_path):
@@ -558,7 +574,7 @@ def test_malformed_orientation(tmp_path):
     hu, times = truth()
     files = write_dynamic(tmp_path, hu, times, "temporal_position",
                           edit=lambda ds, t, z: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 1, 0, 0]) if t == z == 0 else None)
-    assert _convert_error(tmp_path).startswith(f"{files[0][0]}: malformed ImageOrientationPatient")
+    assert _convert_error(tmp_path).startswith(f"{rel(files[0][0], tmp_path)}: malformed ImageOrientationPatient")
 
 
 # --- round trip through the project's phantom -------------------------------------------------

@@ -9,7 +9,9 @@ from ctp_steps.cli import run_patient_stage
 
 
 def conversion_record(series) -> dict:
-    """The conversion's columns in patients.parquet."""
+    """The conversion's columns in patients.parquet: shape, spacing, and which series and time tag were used."""
+    from ctp_steps.convert import conversion_facts
+
     t, z, y, x = series.hu.shape
     sx, sy, sz = series.geometry.spacing
     return {
@@ -22,6 +24,7 @@ def conversion_record(series) -> dict:
         "spacing_y_mm": sy,
         "spacing_z_mm": sz,
         "kvp": series.meta.get("kvp"),
+        **conversion_facts(series),
     }
 
 
