@@ -13,7 +13,7 @@ Styles (VENDOR_STYLES):
   random hex file names without extension in nested folders, written shuffled.
 Headers carry fake PHI (PatientName SYNTHETIC^<id>, birth date, ...) so the
 converter can prove it never copies them. UIDs and names derive from the seed:
-the same patient always gives the same files.
+the same patient always gives the same files, and every UID of a patient is unique.
 """
 
 from __future__ import annotations
@@ -52,8 +52,14 @@ def _tm(t: datetime) -> str:
 
 
 def _uid(patient, style: str, *parts: str) -> str:
-    """A UID derived from the patient and style: rewriting a patient gives the same UIDs."""
-    return generate_uid(entropy_srcs=[patient.spec.patient_id, str(patient.spec.seed), style, *parts])
+    """A UID derived from the patient and style: rewriting a patient gives the same UIDs.
+
+    The parts are joined with a separator before hashing: pydicom concatenates
+    entropy sources as they are, so frame 1 slice 11 and frame 11 slice 1 (or
+    patient P1 seed 12 and patient P11 seed 2) would otherwise share a UID.
+    """
+    parts = (patient.spec.patient_id, str(patient.spec.seed), style, *parts)
+    return generate_uid(entropy_srcs=["\x1f".join(parts)])
 
 
 def _stored(frames_hu: np.ndarray, st: Storage) -> np.ndarray:
