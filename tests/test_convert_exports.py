@@ -9,7 +9,6 @@ geometry and frame times, or an exclusion with a one-line, PHI-free reason.
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from collections.abc import Callable
@@ -169,10 +168,14 @@ def test_derived_localizer_and_dose_series_are_ignored(tmp_path, patient, twins)
     _clone_series(first_frame, d / "MIP", derived(11, "MIP 10mm", ["ORIGINAL", "PRIMARY", "AXIAL", "MIP"]))
     _clone_series(first_frame[:1], d / "SCOUT", derived(1, "Topogram", ["ORIGINAL", "PRIMARY", "LOCALIZER"]))
 
-    def cta(ds):
-        ds.SeriesNumber, ds.SeriesDescription, ds.ConvolutionKernel, ds.SliceThickness = 4, "CTA 0.6", "Bv40", 0.6
-        del ds.TemporalPositionIdentifier
-    _clone_series(first_frame, d / "CTA", cta)
+    def cta(number, phase):
+        def edit(ds):
+            ds.SeriesNumber, ds.SeriesDescription = number, f"CTA {phase}%"
+            ds.ConvolutionKernel, ds.SliceThickness = "Bv40", 0.6
+            del ds.TemporalPositionIdentifier
+        return edit
+    _clone_series(first_frame, d / "CTA75", cta(4, 75))  # two cardiac phases of one acquisition
+    _clone_series(first_frame, d / "CTA40", cta(5, 40))
 
     def dose_screen(ds):
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -186,7 +189,8 @@ def test_derived_localizer_and_dose_series_are_ignored(tmp_path, patient, twins)
     assert "series 10 'Average': derived image (ImageType DERIVED/SECONDARY/AVERAGE) (6 image(s))" in ignored
     assert "series 11 'MIP 10mm': derived image" in ignored
     assert "series 1 'Topogram': localizer (1 image(s))" in ignored
-    assert "series 4 'CTA 0.6': single static stack" in ignored and "kernel, slice thickness" in ignored
+    assert "series 4 'CTA 75%': single static stack" in ignored and "kernel, slice thickness" in ignored
+    assert "series 5 'CTA 40%': single static stack" in ignored
     assert "series 999 'Dose Report': not a CT image (Secondary Capture Image Storage)" in ignored
     assert out.meta["skipped"]["DICOM without pixel data"] == 1
     assert conversion_facts(out)["series_used"] == "series 3 'Dynamic perfusion' (60 images)"
@@ -417,4 +421,4 @@ def test_outputs_hold_no_phi(tmp_path, patient):
                ds.AcquisitionTime[:6], str(tmp_path)] + [getattr(ds, kw) for kw in UID_KEYWORDS]
     for secret in secrets:
         assert secret and secret not in text, secret
-    assert copy.deepcopy(out.meta)["series_ignored"]
+    assert "series 101 'Calcium score'" in out.meta["series_ignored"][0]

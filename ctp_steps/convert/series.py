@@ -14,8 +14,9 @@ value). The rule for the ORIGINAL CT series left:
   digits, ProtocolName, ConvolutionKernel, SliceThickness, kVp) form a family,
   split where two consecutive stacks are more than SESSION_GAP_S apart (no
   perfusion has a minute between frames; a calcium-score scan or a second
-  perfusion does). A cluster of two or more stacks is a series-per-frame
-  dynamic candidate; its geometry is checked later like any frames, so a frame
+  perfusion does). A cluster of two or more stacks spanning at least
+  MIN_DYNAMIC_SPAN_S is a series-per-frame dynamic candidate (stacks closer in
+  time are reconstructions of one acquisition, e.g. CTA cardiac phases); its geometry is checked later like any frames, so a frame
   with a wrong grid is reported, never dropped.
 - A stack alone in its cluster is a static scan (calcium score, CTA): ignored,
   with how it differs from the dynamic series (protocol facts, time gap).
@@ -31,6 +32,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -39,6 +41,7 @@ from ctp_steps.convert.timing import parse_dt, parse_tm, unwrap_midnight
 from ctp_steps.types import PatientInputError
 
 SESSION_GAP_S = 60.0  # static stacks further apart than this are separate acquisitions
+MIN_DYNAMIC_SPAN_S = 2.0  # stacks within this time are reconstructions of one acquisition (e.g. cardiac phases)
 POSITION_TOL_MM = 0.1  # slices closer than this along the normal are the same position
 _PROTOCOL_FIELDS = ("description", "protocol name", "kernel", "slice thickness", "kVp")
 _CLOCK_TAGS = ("AcquisitionTime", "ContentTime", "SeriesTime", "AcquisitionDateTime", "FrameAcquisitionDateTime")
@@ -108,11 +111,11 @@ def select_dynamic(scan: HeaderScan, dicom_dir: Path) -> Selection:
     lone: list[list[Image]] = []
     for stacks in families.values():
         for cluster in _clusters(stacks):
-            if len(cluster) >= 2:
+            if len(cluster) >= 2 and _spans_time(cluster):
                 flat = [s for stack in cluster for s in stack]
                 candidates.append(_Candidate([stack[0].series for stack in cluster], flat, per_frame=True))
             else:
-                lone.append(cluster[0])
+                lone.extend(cluster)
 
     if len(candidates) > 1:
         names = " and ".join(f"{c.label()}, e.g. {image_where(c.images[0], dicom_dir)}" for c in candidates)
@@ -146,6 +149,12 @@ def _clusters(stacks: list[list[Image]]) -> list[list[list[Image]]]:
             clusters.append([])
         clusters[-1].append(stacks[b])
     return clusters
+
+
+def _spans_time(cluster: list[list[Image]]) -> bool:
+    """Whether stacks were acquired over time (≥ MIN_DYNAMIC_SPAN_S), not reconstructed from one acquisition."""
+    clocks = _clocks(cluster)
+    return clocks is None or float(np.ptp(clocks)) >= MIN_DYNAMIC_SPAN_S
 
 
 def _clocks(stacks: list[list[Image]]) -> np.ndarray | None:
@@ -184,9 +193,10 @@ def _static_reason(stack: list[Image], chosen: _Candidate) -> str:
     return "; ".join(parts)
 
 
-def _raise_nothing_left(scan: HeaderScan, ignored: list[str]) -> None:
+def _raise_nothing_left(scan: HeaderScan, ignored: list[str]) -> NoReturn:
     """No CT image of any kept series: say what was found instead."""
-    if scan.non_ct_example is not None and not any("derived" in i or "localizer" in i for i in ignored):
+    ct_set_aside = [e for e in scan.ignored.values() if not e.reason.startswith("not a CT image")]
+    if scan.non_ct_example is not None and not ct_set_aside:
         raise PatientInputError(f"{scan.non_ct_example}: modality {scan.non_ct_modality}, expected CT")
     if ignored:
         raise PatientInputError(

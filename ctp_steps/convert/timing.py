@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -112,7 +113,9 @@ def _ecg_delay(mid: np.ndarray, trusted: list[tuple[str, np.ndarray, float]]) ->
     return None
 
 
-def _raise_duplicate(images: list[Image], groups: list[list[int]], tag: str, mid: np.ndarray, dicom_dir: Path):
+def _raise_duplicate(
+    images: list[Image], groups: list[list[int]], tag: str, mid: np.ndarray, dicom_dir: Path
+) -> NoReturn:
     """Two frames at one time: name both by file and relative time, never by the header's time."""
     order = np.argsort(mid, kind="stable")
     k = int(np.argmin(np.diff(mid[order])))
