@@ -347,7 +347,7 @@ def test_slice_position_tolerance(tmp_path, patient, twins, shift_mm, ok):
 
     _rewrite(_files(d / "SE004"), shift)
     if not ok:
-        assert f"inconsistent slice positions between frames" in _error(d)
+        assert "inconsistent slice positions between frames" in _error(d)
         assert f"tolerance {POSITION_TOL_MM} mm" in _error(d)
         return
     out = convert_dicom_series(d)
