@@ -8,12 +8,12 @@ from pathlib import Path
 from snakemake.utils import min_version, validate
 
 from ctp_steps.config import config_hash, load_config
+from ctp_steps.fingerprints import code_fingerprint
 from ctp_steps.models import weights_path
 from ctp_steps.workflow import (
     analysis_rule_files,
     cohort_patients,
     print_run_summary,
-    stage_fingerprint,
 )
 
 min_version("9.0")
@@ -73,4 +73,4 @@ rule all:
 
 
 onsuccess:
-    print_run_summary(Path(RESULTS))
+    print_run_summary(Path(RESULTS), CFG.fail_on_patient_errors)

@@ -6,18 +6,19 @@ inside the handlers so `--help` and planning stay fast.
 
 Every per-patient command follows one contract (`run_patient_stage`): a known
 input problem (PatientInputError) writes the stage's status record with the
-reason and empty placeholder outputs, and exits 0 so the rest of the cohort
-goes on; any other exception is a bug and fails the job loudly.
+reason (`excluded`) and empty placeholder outputs, and exits 0 so the rest of
+the cohort goes on; any other exception ends that patient as `failed`, with the
+exception and the log's path in the reason, and the cohort goes on too. The
+run stays loud about failures: the summary lists them first and the run exits
+non-zero after writing the tables (config `fail_on_patient_errors`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import pkgutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +34,11 @@ def run_patient_stage(
 ) -> None:
     """Run `work` unless an upstream stage excluded the patient; record the outcome.
 
-    `work` returns the stage's figures for the cohort table (or None).
+    `work` returns the stage's figures for the cohort table (or None). A known
+    input problem excludes the patient; any other exception fails the patient,
+    not the cohort: the traceback goes to the job's log, the status says
+    `failed` with the exception and the log's path, and the job exits 0 so the
+    gather and risk stages still run (the run summary lists failed patients first).
     """
     from ctp_steps.io import require_ok, write_status
     from ctp_steps.types import PatientInputError, StageStatus, UpstreamExcluded
@@ -42,36 +47,59 @@ def run_patient_stage(
         for upstream in upstream_statuses:
             require_ok(upstream)
         record = work() or {}
+    except UpstreamExcluded as exc:
+        _give_up(status_path, outputs, StageStatus(stage, exc.status, str(exc)))
+        return
     except PatientInputError as exc:
-        reason = str(exc) if isinstance(exc, UpstreamExcluded) else f"{stage}: {exc}"
+        reason = _patient_reason(f"{stage}: {exc}", status_path)
         log.warning("patient excluded: %s", reason)
-        for out in outputs:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(b"")
-        write_status(status_path, StageStatus(stage, "excluded", reason))
+        _give_up(status_path, outputs, StageStatus(stage, "excluded", reason))
+        return
+    except Exception as exc:  # noqa: BLE001 - contained on purpose: one patient must not stop the cohort
+        reason = _patient_reason(
+            f"{stage}: failed with {type(exc).__name__}: {exc} (log: {patient_log(status_path)})", status_path
+        )
+        log.error("patient failed: %s\n%s", reason, _scrubbed_traceback(exc, status_path))
+        _give_up(status_path, outputs, StageStatus(stage, "failed", reason))
         return
     write_status(status_path, StageStatus(stage, "ok", record=record))
 
 
-def _cmd_schema(args: argparse.Namespace) -> None:
-    from ctp_steps.config import json_schema
+def _give_up(status_path: Path, outputs: list[Path], status) -> None:
+    """Empty placeholders for the outputs (Snakemake needs them) and the status record."""
+    from ctp_steps.io import write_status
 
-    json.dump(json_schema(), sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    for out in outputs:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(b"")
+    write_status(status_path, status)
 
 
-def _cmd_check_config(args: argparse.Namespace) -> None:
-    import yaml
+def results_root(status_path: Path) -> Path:
+    """`<results>` of `<results>/patients/<center>/<patient>/<stage>.status.json`."""
+    return status_path.resolve().parents[3]
 
-    from ctp_steps.config import load_config
-    from ctp_steps.workflow import cohort_patients
 
-    raw = yaml.safe_load(Path(args.config).read_text()) or {}
-    for override in args.set or []:
-        key, _, value = override.partition("=")
-        raw[key] = yaml.safe_load(value)
-    cfg = load_config(raw)
-    print(f"config ok; {len(cohort_patients(cfg))} patients")
+def patient_log(status_path: Path) -> str:
+    """The job's log, relative to the results folder (rules log to `logs/<stage>/<center>/<patient>.log`)."""
+    stage = status_path.name.removesuffix(".status.json")
+    return f"logs/{stage}/{status_path.parent.parent.name}/{status_path.parent.name}.log"
+
+
+def _patient_reason(text: str, status_path: Path) -> str:
+    from ctp_steps.reasons import safe_reason
+
+    return safe_reason(text, {results_root(status_path): "<results>"})
+
+
+def _scrubbed_traceback(exc: BaseException, status_path: Path) -> str:
+    """The traceback's code locations (no source lines, no locals) and the scrubbed message: logs reach users too."""
+    import traceback
+
+    frames = "".join(
+        f"  {Path(f.filename).name}:{f.lineno} in {f.name}\n" for f in traceback.extract_tb(exc.__traceback__)
+    )
+    return f"{frames}{_patient_reason(f'{type(exc).__name__}: {exc}', status_path)}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,11 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="ctp-steps", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("schema", help="print the config JSON schema").set_defaults(func=_cmd_schema)
-    p = sub.add_parser("check-config", help="validate a config file and its manifest")
-    p.add_argument("config")
-    p.add_argument("--set", action="append", help="key=value override (top-level keys)")
-    p.set_defaults(func=_cmd_check_config)
     for module in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
         importlib.import_module(f"ctp_steps.commands.{module}").register(sub)
     return parser

@@ -24,7 +24,7 @@ PATIENT_COLUMNS: list[pa.Field] = [
     pa.field("center", pa.string(), nullable=False),
     pa.field("status", pa.string(), nullable=False),
     pa.field("reason", pa.string()),
-    pa.field("excluded_at", pa.string()),
+    pa.field("excluded_at", pa.string()),  # the stage that excluded the patient or failed on it
     pa.field("n_frames", pa.int32()),
     pa.field("time_span_s", pa.float64()),
     pa.field("shape_z", pa.int32()),
@@ -34,6 +34,17 @@ PATIENT_COLUMNS: list[pa.Field] = [
     pa.field("spacing_y_mm", pa.float64()),
     pa.field("spacing_z_mm", pa.float64()),
     pa.field("kvp", pa.float64()),
+    # Conversion provenance: the series used and those ignored (number, description, why), the time tag
+    # trusted and why others were not, exact duplicate files dropped, the largest slice-position
+    # difference accepted between frames, transfer syntaxes decoded, files read without a Part-10 header.
+    pa.field("series_used", pa.string()),
+    pa.field("series_ignored", pa.string()),
+    pa.field("timing_tag", pa.string()),
+    pa.field("timing_note", pa.string()),
+    pa.field("duplicates_dropped", pa.int32()),
+    pa.field("position_max_diff_mm", pa.float64()),
+    pa.field("transfer_syntax", pa.string()),
+    pa.field("files_without_part10", pa.int32()),
     pa.field("segment_frames_source", pa.string()),
     pa.field("register_source", pa.string()),
     pa.field("register_model_sha256", pa.string()),
@@ -121,12 +132,12 @@ def patients_schema(covariates: list[str]) -> pa.Schema:
 
 
 def patient_record(patient_dir: Path, stages: list[str]) -> dict:
-    """Merged stage records; status and reason of the first exclusion along the chain."""
+    """Merged stage records; status (`excluded` or `failed`) and reason of the first stage that was not ok."""
     record: dict = {"status": "ok", "reason": None, "excluded_at": None}
     for stage in stages:
         status = read_status(patient_dir / f"{stage}.status.json")
         if status.status != "ok":
-            record.update(status="excluded", reason=status.reason, excluded_at=status.stage)
+            record.update(status=status.status, reason=status.reason, excluded_at=status.stage)
             break
         record.update(status.record)
     return record

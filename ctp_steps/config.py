@@ -100,6 +100,12 @@ class PipelineConfig(Strict):
         description="Clinical covariates the manifest must carry (columns).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device of numeric stages.")
+    fail_on_patient_errors: bool = Field(
+        True,
+        description="Exit non-zero at the end of a run (after every table is written) when a stage failed on "
+        "any patient with an unexpected error (status `failed`). Set false for unattended cluster runs "
+        "that should count as successful; the failures are still listed in the run summary and report.md.",
+    )
     synthetic: SyntheticCohortConfig = Field(default_factory=SyntheticCohortConfig)
     conversion: ConversionConfig = Field(default_factory=ConversionConfig)
     stages: StagesConfig = Field(default_factory=StagesConfig)

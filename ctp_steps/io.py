@@ -123,10 +123,10 @@ def read_status(path: str | Path) -> StageStatus:
 
 
 def require_ok(status_path: str | Path) -> None:
-    """Raise UpstreamExcluded carrying the upstream reason if an upstream stage excluded the patient."""
+    """Raise UpstreamExcluded carrying the upstream reason and status unless the upstream stage was ok."""
     status = read_status(status_path)
     if status.status != "ok":
-        raise UpstreamExcluded(status.reason or f"{status.stage}: excluded")
+        raise UpstreamExcluded(status.reason or f"{status.stage}: {status.status}", status.status)
 
 
 def write_parquet(path: str | Path, table, metadata: dict[str, str] | None = None) -> None:

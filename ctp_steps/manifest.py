@@ -8,6 +8,7 @@ Rows are numbered as in a spreadsheet: row 2 is the first data row of a CSV.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +60,11 @@ def validate_manifest(path: str | Path, covariates: list[str]) -> pd.DataFrame:
     """Return the manifest as a typed DataFrame (absolute `dicom_dir`), or raise ManifestError.
 
     Checks: required and covariate columns present; IDs match the ID pattern (no
-    path tricks like `../x`); (center, patient_id) unique; `dicom_dir` exists
-    (relative paths are relative to the manifest); `followup_days` ≥ 0 and
+    path tricks like `../x`, no whitespace or control characters); (center,
+    patient_id) unique; `dicom_dir` exists (relative paths are relative to the
+    manifest) and belongs to one row only, neither the same folder as another
+    row's nor inside it (conversion reads a folder recursively, so either would
+    put one exam into two patients, or two exams into one); `followup_days` ≥ 0 and
     `event` ∈ {0, 1} where given. Empty covariate cells are allowed (the risk
     stage reports complete-case exclusions); a missing covariate column or a
     non-numeric covariate value is an error.
@@ -86,7 +90,7 @@ def validate_manifest(path: str | Path, covariates: list[str]) -> pd.DataFrame:
         where = f"row {rownum}"
         for col in ("patient_id", "center"):
             value = "" if _is_missing(row[col]) else str(row[col])
-            if not _ID_RE.match(value):
+            if not _ID_RE.fullmatch(value):  # fullmatch: `$` alone would accept "P005\n"
                 problems.append(f"{where}, column {col}: {value!r} does not match {ID_PATTERN}")
         key = (str(row["center"]), str(row["patient_id"]))
         if key in first_seen:
@@ -108,6 +112,7 @@ def validate_manifest(path: str | Path, covariates: list[str]) -> pd.DataFrame:
                 problems.append(f"{where}, column {col}: {row[col]!r} is not a number")
         followups.append(_check_followup(row.get("followup_days"), where, problems))
         events.append(_check_event(row.get("event"), where, problems))
+    problems += shared_dicom_dirs(dicom_dirs)
     if problems:
         raise ManifestError(
             f"manifest {path}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems)
@@ -121,6 +126,26 @@ def validate_manifest(path: str | Path, covariates: list[str]) -> pd.DataFrame:
     for col in covariates:
         out[col] = pd.to_numeric(out[col].replace("", None), errors="coerce")
     return out
+
+
+def shared_dicom_dirs(dicom_dirs: list[str]) -> list[str]:
+    """Rows whose DICOM folder is another row's folder, or lies inside it (symlinks resolved)."""
+    problems = []
+    first_row: dict[str, int] = {}
+    real = [os.path.realpath(d) for d in dicom_dirs]
+    for i, d in enumerate(real):
+        if d in first_row:
+            problems.append(f"row {i + 2}, column dicom_dir: same folder as row {first_row[d]}")
+        else:
+            first_row[d] = i + 2
+    for i, d in enumerate(real):
+        for parent in Path(d).parents:
+            if str(parent) in first_row:
+                problems.append(
+                    f"row {i + 2}, column dicom_dir: inside the folder of row {first_row[str(parent)]}"
+                )
+                break
+    return problems
 
 
 def _check_followup(value, where: str, problems: list[str]) -> float | None:

@@ -146,12 +146,18 @@ class CohortCounts:
     """Who is in the cohort and who can enter a model, before any complete-case step."""
 
     n_patients: int
-    n_excluded: int
+    n_excluded: int  # excluded for known input problems (status `excluded`)
     exclusion_reasons: dict[str, int]
     n_no_outcome: int
     n_usable: int
     n_events: int
     median_followup_days: float
+    # Patients a stage failed on unexpectedly (status `failed`): (center, patient_id, stage, reason).
+    failed: tuple[tuple[str, str, str, str], ...] = ()
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failed)
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,7 @@ class RiskSummary:
     n_patients: int
     n_usable: int
     n_excluded: int
+    n_failed: int
     n_events: int
     model: str
     marker_term: str
@@ -187,7 +194,8 @@ class RiskSummary:
             c = "not estimated"
         return "\n".join(
             [
-                f"patients: {self.n_patients} ({self.n_usable} usable, {self.n_excluded} excluded), "
+                f"patients: {self.n_patients} ({self.n_usable} usable, {self.n_excluded} excluded, "
+                f"{self.n_failed} failed), "
                 f"events: {self.n_events}",
                 f"HR of {self.marker_term} ({self.model} Cox): {hr}",
                 f"C-index ({self.model}): {c}",
@@ -228,13 +236,20 @@ def cohort_counts(patients: pd.DataFrame) -> CohortCounts:
     """Cohort size, pipeline exclusions by reason, patients without outcome, usable patients and events."""
     _require_columns(patients, ["status", DURATION, EVENT])
     ok = patients["status"] == "ok"
-    reasons = patients.get("reason", pd.Series(None, index=patients.index))
-    reason_counts = reasons[~ok].fillna("no reason recorded").astype(str).value_counts()
+    failed = patients["status"] == "failed"
+    reasons = patients.get("reason", pd.Series(None, index=patients.index)).fillna("no reason recorded").astype(str)
+    reason_counts = reasons[~ok & ~failed].value_counts()
+    stages = patients.get("excluded_at", pd.Series(None, index=patients.index)).fillna("?").astype(str)
+    failed_rows = tuple(
+        (str(patients.at[i, CENTER]), str(patients.at[i, "patient_id"]), stages[i], reasons[i])
+        for i in patients.index[failed]
+    )
     outcome = _outcome(patients[ok])
     usable = outcome.dropna()
     return CohortCounts(
         n_patients=len(patients),
-        n_excluded=int((~ok).sum()),
+        n_excluded=int((~ok & ~failed).sum()),
+        failed=failed_rows,
         exclusion_reasons={str(k): int(v) for k, v in reason_counts.items()},
         n_no_outcome=int(ok.sum()) - len(usable),
         n_usable=len(usable),
@@ -751,6 +766,11 @@ def _save(fig, path: Path, plt) -> None:
     plt.close(fig)
 
 
+def _cell(text: str) -> str:
+    """A Markdown table cell: one line, pipes escaped."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
 def _fmt(x: float, digits: int = 2) -> str:
     return f"{x:.{digits}f}" if math.isfinite(x) else "–"
 
@@ -790,15 +810,31 @@ def render_report(
         "| | patients |",
         "| --- | ---: |",
         f"| in the cohort table | {counts.n_patients} |",
+        f"| failed (unexpected error; see below) | {counts.n_failed} |",
         f"| excluded by the pipeline | {counts.n_excluded} |",
     ]
-    lines += [f"| excluded: {reason} | {k} |" for reason, k in counts.exclusion_reasons.items()]
+    lines += [f"| excluded: {_cell(reason)} | {k} |" for reason, k in counts.exclusion_reasons.items()]
     lines += [
         f"| status ok but follow-up or event missing | {counts.n_no_outcome} |",
         f"| usable (status ok, outcome known) | {counts.n_usable} |",
         f"| events (MACE) among usable | {counts.n_events} |",
         f"| median follow-up of usable (days) | {_fmt(counts.median_followup_days, 0)} |",
         "",
+    ]
+    if counts.failed:
+        lines += [
+            "## Failed patients",
+            "",
+            "A stage raised an unexpected error on these patients (a bug or an unforeseen input, not a known "
+            "data problem). They are left out of every model below; each reason names its log, under the "
+            "results folder.",
+            "",
+            "| center | patient | stage | reason |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [f"| {_cell(c)} | {_cell(p)} | {_cell(st)} | {_cell(r)} |" for c, p, st, r in counts.failed]
+        lines.append("")
+    lines += [
         "## Cox models",
         "",
     ]
@@ -879,6 +915,8 @@ def report_warnings(
 ) -> list[str]:
     """Plain-language warnings: no events, failed or fragile models, dropped terms, PH violations."""
     warns = []
+    if counts.failed:
+        warns.append(f"{counts.n_failed} patient(s) failed with an unexpected error (section Failed patients)")
     if counts.n_usable < 2:
         warns.append(f"only {counts.n_usable} usable patient(s): no model can be estimated")
     elif counts.n_events == 0:
@@ -907,6 +945,7 @@ def summarize(
         n_patients=counts.n_patients,
         n_usable=counts.n_usable,
         n_excluded=counts.n_excluded,
+        n_failed=counts.n_failed,
         n_events=counts.n_events,
         model=MULTIVARIABLE,
         marker_term=cfg.marker_term,

@@ -63,10 +63,16 @@ class PatientInputError(Exception):
 
 
 class UpstreamExcluded(PatientInputError):
-    """An earlier stage excluded the patient; its reason (which names that stage) is passed on."""
+    """An earlier stage excluded the patient (or failed on it); its reason and status are passed on."""
+
+    def __init__(self, reason: str, status: "StatusValue" = "excluded") -> None:
+        super().__init__(reason)
+        self.status = status
 
 
-StatusValue = Literal["ok", "excluded"]
+# ok: the stage produced its outputs; excluded: a known input problem (PatientInputError);
+# failed: an unexpected error in the stage's own code or environment, contained to this patient.
+StatusValue = Literal["ok", "excluded", "failed"]
 
 
 @dataclass(frozen=True)

@@ -1,38 +1,16 @@
-"""What the Snakefile needs at planning time: the patient list and stage code fingerprints.
+"""What the Snakefile needs at planning time: the patient list, the chain of stage rule files, the run summary.
 
 Kept free of heavy imports: planning a 20,000-patient DAG must not load torch.
 """
 
 from __future__ import annotations
 
-import hashlib
-from functools import cache
 from pathlib import Path
 
 from ctp_steps.config import PipelineConfig
 from ctp_steps.manifest import ManifestPatient, manifest_patients, validate_manifest
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-SHARED_MODULES = ("types.py", "io.py", "cli.py")
 SYNTHETIC_COVARIATES = ("age", "sex", "diabetes", "hypertension", "smoking")
-
-
-@cache
-def stage_fingerprint(*sources: str) -> str:
-    """Hash of a stage's own source files (and the shared I/O), put in the rule's params.
-
-    Snakemake does not track code inside an imported package, so without this
-    an edit of `ctp_steps/convert.py` would not rerun conversion. `sources` are
-    paths relative to the package: module files or subpackage folders.
-    """
-    digest = hashlib.sha256()
-    for name in (*sources, *SHARED_MODULES):
-        path = PACKAGE_DIR / name
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
-        for f in files:
-            digest.update(f.relative_to(PACKAGE_DIR).as_posix().encode())
-            digest.update(f.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def synthetic_specs(cfg: PipelineConfig) -> list:
@@ -98,8 +76,37 @@ def analysis_rule_files(cfg: PipelineConfig) -> list[str]:
     return files
 
 
-def print_run_summary(results_dir: Path) -> None:
-    """The main job's closing lines: cohort counts, HR of the marker, C-index, the report's path."""
+class PatientsFailed(Exception):
+    """Raised after a run whose tables are written but where a stage failed on some patients."""
+
+
+def failed_patients(results_dir: Path) -> list[tuple[str, str, str]]:
+    """(center, patient_id, reason) of every `failed` row of patients.parquet."""
+    import pandas as pd
+
+    table_path = results_dir / "cohort" / "patients.parquet"
+    if not table_path.exists():
+        return []
+    table = pd.read_parquet(table_path, columns=["center", "patient_id", "status", "reason"])
+    failed = table[table["status"] == "failed"]
+    return list(zip(failed["center"], failed["patient_id"], failed["reason"].fillna("")))
+
+
+def print_run_summary(results_dir: Path, fail_on_patient_errors: bool = True) -> None:
+    """The main job's closing lines: failed patients first, then cohort counts, HR, C-index, the report's path.
+
+    Raises PatientsFailed (Snakemake then exits non-zero) when patients failed and the config asks for it.
+    """
+    failed = failed_patients(results_dir)
+    if failed:
+        print(f"\nctp-cohort: {len(failed)} patient(s) FAILED with an unexpected error:")
+        for center, patient, reason in failed:
+            print(f"  {center}/{patient}: {reason}")
     summary = results_dir / "cohort" / "risk" / "summary.txt"
     if summary.exists():
         print(f"\nctp-cohort summary ({results_dir}):\n{summary.read_text()}")
+    if failed and fail_on_patient_errors:
+        raise PatientsFailed(
+            f"{len(failed)} patient(s) failed (listed above); every table was written. "
+            "Set fail_on_patient_errors: false to exit 0 anyway."
+        )

@@ -22,7 +22,7 @@ rule gather_patients:
         covariates=CFG.covariates,
         config_hash=CONFIG_HASH,
         segments=lambda wc, output: f"--segments-out {output.segments}" if COHORT_SEGMENTS else "",
-        code=stage_fingerprint("cohort.py", "manifest.py", "aha.py", "commands/cohort.py"),
+        code=code_fingerprint("gather"),
     log:
         f"{LOGS}/gather_patients.log",
     resources:

@@ -9,7 +9,7 @@ rule convert:
         status=f"{PATIENT_DIR}/convert.status.json",
     params:
         min_frames=CFG.conversion.min_frames,
-        code=stage_fingerprint("convert.py", "commands/convert.py"),
+        code=code_fingerprint("convert"),
     log:
         f"{LOGS}/convert/{{center}}/{{patient}}.log",
     resources:

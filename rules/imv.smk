@@ -16,7 +16,7 @@ rule imv:
         status=f"{PATIENT_DIR}/imv.status.json",
     params:
         config=CFG.imv.model_dump_json(),
-        code=stage_fingerprint("imv.py", "landmarks/bullseye.py", "aha.py", "commands/imv.py"),
+        code=code_fingerprint("imv"),
     log:
         f"{LOGS}/imv/{{center}}/{{patient}}.log",
     resources:
@@ -52,9 +52,7 @@ rule validate_imv:
         config=CFG.imv.model_dump_json(),
         truth_dir=lambda wc, input: str(Path(input.truth).parent),
         patient_dir=lambda wc, input: str(Path(input.status).parent),
-        code=stage_fingerprint(
-            "imv.py", "mbf_validation.py", "validate.py", "registration/validation.py", "commands/imv.py"
-        ),
+        code=code_fingerprint("validate-imv"),
     log:
         f"{LOGS}/validate/imv/{{center}}/{{patient}}.log",
     resources:

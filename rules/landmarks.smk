@@ -19,7 +19,7 @@ rule landmarks:
         config=CFG.landmarks.model_dump_json(exclude={"training"}),
         model=CFG.landmarks.model,
         device=CFG.device,
-        code=stage_fingerprint("landmarks", "aha.py", "devices.py", "commands/landmarks.py"),
+        code=code_fingerprint("landmarks"),
     log:
         f"{LOGS}/landmarks/{{center}}/{{patient}}.log",
     resources:
@@ -54,9 +54,7 @@ rule validate_landmarks:
         f"{RESULTS}/validation/patients/{{center}}/{{patient}}/landmarks.parquet",
     params:
         truth_dir=lambda wc, input: str(Path(input.truth).parent),
-        code=stage_fingerprint(
-            "landmarks/validation.py", "registration/validation.py", "validate.py", "commands/landmarks.py"
-        ),
+        code=code_fingerprint("validate-landmarks"),
     log:
         f"{LOGS}/validate/landmarks/{{center}}/{{patient}}.log",
     resources:

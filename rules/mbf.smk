@@ -27,7 +27,7 @@ rule mbf:
         config=CFG.mbf.model_dump_json(),
         device=CFG.device,
         blood_volume=lambda wc, output: f"--blood-volume {output.blood_volume}" if MBF_BLOOD_VOLUME else "",
-        code=stage_fingerprint("mbf", "aha.py", "landmarks/bullseye.py", "devices.py", "commands/mbf.py"),
+        code=code_fingerprint("mbf"),
     log:
         f"{LOGS}/mbf/{{center}}/{{patient}}.log",
     resources:
@@ -70,9 +70,7 @@ rule validate_mbf:
         device=CFG.device,
         truth_dir=lambda wc, input: str(Path(input.truth).parent),
         patient_dir=lambda wc, input: str(Path(input.status).parent),
-        code=stage_fingerprint(
-            "mbf", "mbf_validation.py", "validate.py", "devices.py", "registration/validation.py", "commands/mbf.py"
-        ),
+        code=code_fingerprint("validate-mbf"),
     log:
         f"{LOGS}/validate/mbf/{{center}}/{{patient}}.log",
     resources:
@@ -98,7 +96,7 @@ rule validate_mbf_cohort:
     output:
         f"{RESULTS}/validation/cohort/mbf_segments.parquet",
     params:
-        code=stage_fingerprint("mbf_validation.py", "validate.py", "commands/mbf.py"),
+        code=code_fingerprint("validate-mbf-cohort"),
     log:
         f"{LOGS}/validate/mbf_cohort.log",
     resources:

@@ -6,20 +6,7 @@
 from ctp_steps.models import weights_path
 
 REGISTER_METHOD = CFG.stages.registration
-REGISTER_CODE = stage_fingerprint(
-    "registration/stage.py",
-    "registration/crop.py",
-    "registration/warp.py",
-    "registration/net.py",
-    "registration/learned.py",
-    "registration/baseline.py",
-    "registration/reference.py",
-    "registration/qc.py",
-    "registration/fields.py",
-    "registration/config.py",
-    "devices.py",
-    "commands/registration.py",
-)
+REGISTER_CODE = code_fingerprint("register")
 # Only the inference settings: new training or network settings do not rerun the cohort (new weights do).
 REGISTER_CONFIG = CFG.registration.model_dump_json(
     exclude={"training", "network", "threads"} if REGISTER_METHOD == "learned" else {"training", "threads"}
@@ -79,10 +66,7 @@ rule validate_register:
     params:
         truth_dir=lambda wc, input: str(Path(input.truth).parent),
         patient_dir=lambda wc, input: str(Path(input.status).parent),
-        code=stage_fingerprint(
-            "registration/validation.py", "registration/fields.py", "registration/warp.py", "registration/crop.py",
-            "registration/qc.py", "validate.py", "commands/registration.py",
-        ),
+        code=code_fingerprint("validate-register"),
     log:
         f"{LOGS}/validate/register/{{center}}/{{patient}}.log",
     resources:

@@ -18,7 +18,7 @@ rule risk:
         out_dir=lambda wc, output: str(Path(output.summary).parent),
         covariates=CFG.covariates,
         risk=CFG.risk.model_dump_json(),
-        code=stage_fingerprint("risk.py", "commands/risk.py"),
+        code=code_fingerprint("risk"),
     log:
         f"{LOGS}/risk.log",
     resources:

@@ -3,17 +3,7 @@
 # the eroded aorta per frame) → aif.parquet (frame, time_s, hu, enhancement_hu). ctp_steps/segmentation.
 from ctp_steps.models import weights_path
 
-SEGMENTATION_INFERENCE_CODE = stage_fingerprint(
-    "segmentation/stage.py",
-    "segmentation/infer.py",
-    "segmentation/vbnet.py",
-    "segmentation/preprocess.py",
-    "segmentation/postprocess.py",
-    "segmentation/aif.py",
-    "segmentation/config.py",
-    "devices.py",
-    "commands/segmentation.py",
-)
+SEGMENTATION_INFERENCE_CODE = code_fingerprint("segment-frames")
 # Only the inference settings: new training settings do not rerun the cohort (new weights do).
 SEGMENTATION_INFERENCE_CONFIG = CFG.segmentation.model_dump_json(exclude={"network", "training"})
 
@@ -66,7 +56,7 @@ rule validate_segment_frames:
         f"{RESULTS}/validation/patients/{{center}}/{{patient}}/segment_frames.parquet",
     params:
         truth_dir=lambda wc, input: str(Path(input.truth).parent),
-        code=stage_fingerprint("segmentation/validation.py", "validate.py", "commands/segmentation.py"),
+        code=code_fingerprint("validate-segmentation"),
     log:
         f"{LOGS}/validate/segment_frames/{{center}}/{{patient}}.log",
     resources:

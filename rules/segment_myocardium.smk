@@ -2,17 +2,7 @@
 # average (average.nii.gz of the register stage, whatever its method) → myocardium.nii.gz. ctp_steps/segmentation.
 from ctp_steps.models import weights_path
 
-SEGMENTATION_INFERENCE_CODE = stage_fingerprint(
-    "segmentation/stage.py",
-    "segmentation/infer.py",
-    "segmentation/vbnet.py",
-    "segmentation/preprocess.py",
-    "segmentation/postprocess.py",
-    "segmentation/aif.py",
-    "segmentation/config.py",
-    "devices.py",
-    "commands/segmentation.py",
-)
+SEGMENTATION_INFERENCE_CODE = code_fingerprint("segment-myocardium")
 SEGMENTATION_INFERENCE_CONFIG = CFG.segmentation.model_dump_json(exclude={"network", "training"})
 REGISTER_STATUS = previous_stage_status()  # the register stage: its record may name the reference frame
 
@@ -63,9 +53,7 @@ rule validate_segment_myocardium:
         f"{RESULTS}/validation/patients/{{center}}/{{patient}}/segment_myocardium.parquet",
     params:
         truth_dir=lambda wc, input: str(Path(input.truth).parent),
-        code=stage_fingerprint(
-            "segmentation/validation.py", "registration/validation.py", "validate.py", "commands/segmentation.py"
-        ),
+        code=code_fingerprint("validate-segmentation"),
     log:
         f"{LOGS}/validate/segment_myocardium/{{center}}/{{patient}}.log",
     resources:

@@ -19,7 +19,7 @@ rule synthesize_patient:
         spec=lambda wc: json.dumps(SYNTHETIC_SPECS[(wc.center, wc.patient)]),
         phantom=CFG.synthetic.phantom.model_dump_json(),
         truth_dir=lambda wc, output: str(Path(output.truth).parent),
-        code=stage_fingerprint("phantom", "aha.py", "commands/synthetic.py"),
+        code=code_fingerprint("synthesize"),
     log:
         f"{LOGS}/synthesize/{{center}}/{{patient}}.log",
     resources:
@@ -42,7 +42,7 @@ rule synthetic_manifest:
     params:
         outcome=CFG.synthetic.outcome.model_dump_json(),
         seed=CFG.synthetic.seed,
-        code=stage_fingerprint("synthetic.py", "phantom/outcomes.py", "commands/synthetic.py"),
+        code=code_fingerprint("synthetic-manifest"),
     log:
         f"{LOGS}/synthetic_manifest.log",
     resources:

@@ -15,7 +15,7 @@ rule validate_conversion:
     params:
         phantom=CFG.synthetic.phantom.model_dump_json(),
         truth_dir=lambda wc, input: str(Path(input.truth).parent),
-        code=stage_fingerprint("validate.py", "phantom", "commands/validate.py"),
+        code=code_fingerprint("validate-conversion"),
     log:
         f"{LOGS}/validate/conversion/{{center}}/{{patient}}.log",
     resources:
@@ -39,7 +39,7 @@ rule validate:
         f"{RESULTS}/validation/summary.parquet",
     params:
         out_dir=lambda wc, output: str(Path(output[0]).parent),
-        code=stage_fingerprint("validate.py", "commands/validate.py"),
+        code=code_fingerprint("validation-summary"),
     log:
         f"{LOGS}/validation_summary.log",
     resources:

@@ -38,36 +38,69 @@ def test_stage_contract_records_reason_and_propagates(tmp_path):
     assert read_status(ok / "next.status.json").status == "ok"
     bad_next = read_status(bad / "next.status.json")
     assert bad_next.status == "excluded"
-    assert bad_next.reason == "convert: /data/P2: no readable DICOM files (3 files skipped)"
+    # absolute paths never reach a reason (real archives name folders after patients)
+    assert bad_next.reason == "convert: <path>/P2: no readable DICOM files (3 files skipped)"
     assert (bad / "next.out").read_bytes() == b""
 
 
-def test_a_bug_is_not_swallowed(tmp_path):
+def test_an_unexpected_error_fails_the_patient_not_the_cohort(tmp_path, caplog):
+    """A bug on one patient: status `failed` with the exception, the log's path and no PHI; downstream follows."""
+    results = tmp_path / "results"
+    patient = results / "patients" / "CTR-A" / "P7"
+    dicom = "/archive/DOE_JANE_ACC1234/SE002/IM0001.dcm"
+
     def work():
-        raise ZeroDivisionError("bug")
-    with pytest.raises(ZeroDivisionError):
-        _stage(tmp_path, "convert", work)
-    assert not (tmp_path / "convert.status.json").exists()
+        raise ValueError(f"rate x duration above 700.0\nwhile reading {dicom} (StudyDate 20240917)\n{patient}/aif.parquet")
+
+    _stage(patient, "mbf", work)
+    status = read_status(patient / "mbf.status.json")
+    assert status.status == "failed"
+    assert status.reason == (
+        "mbf: failed with ValueError: rate x duration above 700.0 while reading <path>/IM0001.dcm "
+        "(StudyDate <date>) <results>/patients/CTR-A/P7/aif.parquet (log: logs/mbf/CTR-A/P7.log)"
+    )
+    assert (patient / "mbf.out").read_bytes() == b""
+    logged = caplog.text
+    assert "Traceback" not in logged and "in work" in logged  # the frames, for whoever debugs it
+    assert "DOE_JANE" not in logged and "20240917" not in logged and str(results) not in logged
+    _stage(patient, "imv", lambda: {}, upstream=["mbf"])
+    downstream = read_status(patient / "imv.status.json")
+    assert (downstream.status, downstream.reason) == ("failed", status.reason)
+
+
+def test_interrupts_are_not_contained(tmp_path):
+    """Ctrl-C or a scheduler's signal must still stop the job, leaving no status behind."""
+    def work():
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        _stage(tmp_path / "C" / "P1", "convert", work)
+    assert not (tmp_path / "C" / "P1" / "convert.status.json").exists()
 
 
 def test_gather_one_row_per_manifest_patient(tmp_path):
     patients = tmp_path / "patients"
     _stage(patients / "C1" / "P1", "convert", lambda: RECORD)
     _stage(patients / "C1" / "P2", "convert", _fail("frame 3 has 15 of 16 slices (incomplete)"))
+    _stage(patients / "C1" / "P3", "convert", lambda: 1 / 0)
     manifest = tmp_path / "m.csv"
     pd.DataFrame([
         {"patient_id": "P1", "center": "C1", "dicom_dir": "x", "followup_days": "10.5", "event": "1", "age": "70"},
         {"patient_id": "P2", "center": "C1", "dicom_dir": "y", "followup_days": "", "event": "", "age": "55"},
+        {"patient_id": "P3", "center": "C1", "dicom_dir": "z", "followup_days": "3", "event": "0", "age": "60"},
     ]).to_csv(manifest, index=False)
     table = gather_patients(manifest, patients, ["convert"], ["age"])
     out = tmp_path / "patients.parquet"
     write_patients_table(table, out, ["age"], "abc123")
     got = pd.read_parquet(out)
-    assert got["status"].tolist() == ["ok", "excluded"]
+    assert got["status"].tolist() == ["ok", "excluded", "failed"]
     assert got["reason"].tolist()[1] == "convert: frame 3 has 15 of 16 slices (incomplete)"
+    assert got["reason"].tolist()[2] == (
+        "convert: failed with ZeroDivisionError: division by zero (log: logs/convert/C1/P3.log)"
+    )
+    assert got["excluded_at"].tolist() == [None, "convert", "convert"]
     assert got["n_frames"].tolist()[0] == 14 and pd.isna(got["n_frames"].tolist()[1])
     assert got["followup_days"].tolist()[0] == 10.5 and pd.isna(got["followup_days"][1])
-    assert got["event"].tolist()[0] == 1 and got["age"].tolist() == [70.0, 55.0]
+    assert got["event"].tolist()[0] == 1 and got["age"].tolist() == [70.0, 55.0, 60.0]
     assert got["config_hash"].unique().tolist() == ["abc123"]
     meta = pq.read_schema(out).metadata
     assert meta[b"ctp_cohort_schema_version"] == SCHEMA_VERSION.encode()

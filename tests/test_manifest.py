@@ -11,7 +11,7 @@ COVARIATES = ["age", "diabetes"]
 
 
 def _write(tmp_path: Path, rows: list[dict]) -> Path:
-    for name in ("d1", "d2", "d3"):
+    for name in ("d1", "d2", "d3", "d4", "d5", "d1/nested"):
         (tmp_path / name).mkdir(exist_ok=True)
     path = tmp_path / "cohort.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
@@ -39,11 +39,11 @@ def test_valid_manifest_resolves_relative_paths_and_types(tmp_path):
 def test_every_problem_is_listed_with_row_and_column(tmp_path):
     rows = [
         _row(),
-        _row(patient_id="../x"),
-        _row(center="bad center", patient_id="P3"),
-        _row(),  # duplicate of row 2
+        _row(patient_id="../x", dicom_dir="d2"),
+        _row(center="bad center", patient_id="P3", dicom_dir="d3"),
+        _row(dicom_dir="d4"),  # duplicate of row 2
         _row(patient_id="P5", dicom_dir="missing"),
-        _row(patient_id="P6", followup_days="-3", event="2", age="old"),
+        _row(patient_id="P6", followup_days="-3", event="2", age="old", dicom_dir="d5"),
     ]
     with pytest.raises(ManifestError) as err:
         validate_manifest(_write(tmp_path, rows), COVARIATES)
@@ -72,3 +72,33 @@ def test_parquet_manifest(tmp_path):
     path = tmp_path / "m.parquet"
     pd.DataFrame([_row()]).to_parquet(path)
     assert validate_manifest(path, COVARIATES)["patient_id"].tolist() == ["P1"]
+
+
+def test_ids_with_whitespace_or_control_characters_are_rejected(tmp_path):
+    rows = [_row(patient_id="P005\n"), _row(patient_id=" P6", dicom_dir="d2"), _row(patient_id="P7\t", dicom_dir="d3")]
+    with pytest.raises(ManifestError) as err:
+        validate_manifest(_write(tmp_path, rows), COVARIATES)
+    msg = str(err.value)
+    assert "3 problem(s)" in msg
+    assert "row 2, column patient_id: 'P005\\n' does not match" in msg
+    assert "row 3, column patient_id: ' P6' does not match" in msg
+    assert "row 4, column patient_id: 'P7\\t' does not match" in msg
+
+
+def test_one_dicom_folder_belongs_to_one_row(tmp_path):
+    """The same exam twice would enter the outcome model twice; a nested folder would be read into its parent."""
+    rows = [
+        _row(),
+        _row(patient_id="P2", dicom_dir=str(tmp_path / "d1")),  # same folder, absolute
+        _row(patient_id="P3", dicom_dir="d1/nested"),
+        _row(patient_id="P4", dicom_dir="d2"),
+    ]
+    (tmp_path / "d2link").symlink_to(tmp_path / "d2")
+    rows.append(_row(patient_id="P5", dicom_dir="d2link"))
+    with pytest.raises(ManifestError) as err:
+        validate_manifest(_write(tmp_path, rows), COVARIATES)
+    msg = str(err.value)
+    assert "3 problem(s)" in msg
+    assert "row 3, column dicom_dir: same folder as row 2" in msg
+    assert "row 6, column dicom_dir: same folder as row 5" in msg
+    assert "row 4, column dicom_dir: inside the folder of row 2" in msg

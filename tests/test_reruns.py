@@ -9,10 +9,12 @@ No stage is named where it need not be. "That stage and what follows" is Snakema
 own `--forcerun STAGE` plan on the up-to-date workspace, so stages added later are
 covered as they land:
 - nothing changed → nothing to do (no random or time-dependent params);
-- editing ctp_steps/convert.py → convert for every patient and what follows, no
-  synthesize_patient; editing any other module that a rule fingerprints (parsed from
-  `rules/**/*.smk`) → only rules fingerprinting it change params, every patient, and
-  the plan is exactly `--forcerun <those rules>`;
+- editing ctp_steps/convert → convert for every patient and what follows, no
+  synthesize_patient; editing any other module that a rule's command can import (the
+  import closure of its `code_fingerprint("<subcommand>")` in `rules/**/*.smk`) → only
+  rules whose closure holds it change params, every patient, and the plan is exactly
+  `--forcerun <those rules>` (one module per distinct set of rules, plus models.py,
+  which no hand-kept list used to name);
 - each entry of CONFIG_CHANGES (an IMV threshold, the MBF method, ...) → exactly
   `--forcerun <its stage>`;
 - replacing a model weight file (any under `models/` that a rule reads) → exactly
@@ -235,63 +237,55 @@ def assert_stage_and_downstream(plan: list[PlannedJob], expected: list[PlannedJo
 
 
 # ------------------------------------------------------------------ stage code → rules
-_QUOTED = re.compile(r"[\"']([^\"']+)[\"']")
-_FINGERPRINT_CALL = re.compile(r"stage_fingerprint\((.*?)\)", re.S)
+_FINGERPRINT_CALL = re.compile(r"code_fingerprint\(\s*[\"']([^\"']+)[\"']\s*\)")
 
 
 def fingerprinted_sources() -> dict[str, set[str]]:
-    """rule name → package paths its `stage_fingerprint(...)` hashes, read from rules/**/*.smk.
+    """rule name → package files its `code_fingerprint("<subcommand>")` hashes (the import closure).
 
-    Handles the call inside the rule and a module-level `NAME = stage_fingerprint(...)`
+    Handles the call inside the rule and a module-level `NAME = code_fingerprint(...)`
     used by the rule. A rule name defined in several .smk files (one per stage method)
     gets the union.
     """
+    from ctp_steps.fingerprints import PACKAGE_DIR, command_sources
+
+    def files(subcommand: str) -> set[str]:
+        return {p.relative_to(PACKAGE_DIR).as_posix() for p in command_sources(subcommand)}
+
     texts = {smk: smk.read_text() for smk in sorted((REPO / "rules").rglob("*.smk"))}
-    variables: dict[str, list[str]] = {}
+    variables: dict[str, set[str]] = {}
     for text in texts.values():
-        for m in re.finditer(r"^(\w+)\s*=\s*stage_fingerprint\((.*?)\)", text, flags=re.M | re.S):
-            variables[m.group(1)] = _QUOTED.findall(m.group(2))
+        for m in re.finditer(r"^(\w+)\s*=\s*code_fingerprint\(\s*[\"']([^\"']+)[\"']\s*\)", text, flags=re.M):
+            variables[m.group(1)] = files(m.group(2))
     out: dict[str, set[str]] = {}
     for text in texts.values():
         blocks = re.split(r"^(?:rule|checkpoint) (\w+):", text, flags=re.M)
         for name, body in zip(blocks[1::2], blocks[2::2]):
             sources = out.setdefault(name, set())
-            for args in _FINGERPRINT_CALL.findall(body):
-                sources.update(_QUOTED.findall(args))
+            for subcommand in _FINGERPRINT_CALL.findall(body):
+                sources |= files(subcommand)
             for var, var_sources in variables.items():
                 if re.search(rf"\b{var}\b", body):
-                    sources.update(var_sources)
+                    sources |= var_sources
     return {rule: sources for rule, sources in out.items() if sources}
-
-
-def edited_file(source: str) -> str:
-    """The .py file edited for a fingerprint source (a module, or a subpackage folder's __init__)."""
-    path = REPO / "ctp_steps" / source
-    if path.is_dir():
-        init = path / "__init__.py"
-        return (init if init.exists() else sorted(path.rglob("*.py"))[0]).relative_to(REPO / "ctp_steps").as_posix()
-    return source
 
 
 def candidates(relpath: str) -> set[str]:
     """Rules whose fingerprint covers this package file (in any of their .smk definitions)."""
-    return {
-        rule for rule, sources in fingerprinted_sources().items()
-        if any(relpath == s or relpath.startswith(s.rstrip("/") + "/") for s in sources)
-    }
+    return {rule for rule, sources in fingerprinted_sources().items() if relpath in sources}
 
 
-def _one_file_per_rule_set() -> list[str]:
-    """One edited file per distinct set of fingerprinting rules: the mechanism is the same
-    for every file, what differs is which stages a file belongs to."""
-    by_rules: dict[frozenset, str] = {}
-    for f in sorted({edited_file(s) for sources in fingerprinted_sources().values() for s in sources}):
-        if (REPO / "ctp_steps" / f).is_file():
-            by_rules.setdefault(frozenset(candidates(f)), f)
-    return sorted(by_rules.values())
+def _one_file_per_rule() -> list[str]:
+    """For each fingerprinted rule, the file that the fewest other rules can import (the most specific one):
+    the mechanism is the same for every file, what differs is which stages a file belongs to."""
+    owners = {f: candidates(f) for sources in fingerprinted_sources().values() for f in sources}
+    chosen = {min(sorted(f for f, rules in owners.items() if rule in rules), key=lambda f: len(owners[f]))
+              for rule in fingerprinted_sources()}
+    # models.py was named by no hand-kept list before fingerprints came from imports: keep it a case
+    return sorted({*chosen, "models.py"})
 
 
-STAGE_FILES = _one_file_per_rule_set()
+STAGE_FILES = _one_file_per_rule()
 
 
 # ------------------------------------------------------------------ tests
@@ -302,9 +296,11 @@ def test_nothing_changed_nothing_to_do(synthetic_ws):
 
 
 def test_convert_code_edit_reruns_convert_and_downstream_only(synthetic_ws):
-    """The brief's named case: a comment appended to ctp_steps/convert.py."""
+    """The brief's named case: a comment appended to the conversion module (ctp_steps/convert)."""
+    from ctp_steps.fingerprints import PACKAGE_DIR, module_file
+
     expected = synthetic_ws.forcerun("convert")
-    module = synthetic_ws.repo / "ctp_steps" / "convert.py"
+    module = synthetic_ws.repo / "ctp_steps" / module_file("ctp_steps.convert").relative_to(PACKAGE_DIR)
     original = module.read_bytes()
     try:
         module.write_bytes(original + b"\n# edited by test_reruns\n")

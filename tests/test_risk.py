@@ -152,7 +152,8 @@ def test_report_and_summary_state_the_numbers(validation):
     assert "Log-rank test across the non-empty groups" in report
     assert (summary.n_patients, summary.n_usable, summary.n_excluded, summary.n_events) == (4000, 4000, 0, events)
     lines = summary.format().splitlines()
-    assert lines[0] == f"patients: 4000 (4000 usable, 0 excluded), events: {events}"
+    assert lines[0] == f"patients: 4000 (4000 usable, 0 excluded, 0 failed), events: {events}"
+    assert "## Failed patients" not in report
     hr = f"{marker['hr']:.2f} (95 % CI {ci.replace('–', '-')})"
     assert lines[1] == f"HR of imv_pct_per_10 (multivariable Cox): {hr}"
     assert lines[3] == f"report: {summary.report_path}"
@@ -210,17 +211,23 @@ def test_exclusions_and_complete_cases_are_counted(small, tmp_path):
     cohort = small.copy()
     cohort.loc[:3, ["status", "reason"]] = ["excluded", "convert: 5 frames, at least 8 needed"]
     cohort.loc[4:5, "status"] = "excluded"
+    cohort.loc[6, ["status", "reason", "excluded_at"]] = ["failed", "mbf: failed with ValueError: a|b\nc", "mbf"]
     cohort.loc[10:14, "imv_pct"] = np.nan
     cohort.loc[20, "followup_days"] = np.nan
     summary, cox, _, _, report = run(cohort, tmp_path)
-    assert (summary.n_patients, summary.n_excluded, summary.n_usable) == (80, 6, 73)
+    assert (summary.n_patients, summary.n_excluded, summary.n_failed, summary.n_usable) == (80, 6, 1, 72)
+    assert summary.format().splitlines()[0].startswith("patients: 80 (72 usable, 6 excluded, 1 failed)")
+    assert "| failed (unexpected error; see below) | 1 |" in report
+    failed_row = f"| {cohort.loc[6, 'center']} | {cohort.loc[6, 'patient_id']} | mbf | mbf: failed with ValueError: a\\|b c |"
+    assert failed_row in report  # one line, the pipe escaped: the table stays a table
+    assert "- 1 patient(s) failed with an unexpected error (section Failed patients)" in report
     assert "| excluded: convert: 5 frames, at least 8 needed | 4 |" in report
     assert "| excluded: no reason recorded | 2 |" in report
     assert "| status ok but follow-up or event missing | 1 |" in report
-    assert "| usable (status ok, outcome known) | 73 |" in report
-    assert rows(cox, "clinical")["n"].iloc[0] == 73 and rows(cox, "multivariable")["n"].iloc[0] == 68
+    assert "| usable (status ok, outcome known) | 72 |" in report
+    assert rows(cox, "clinical")["n"].iloc[0] == 72 and rows(cox, "multivariable")["n"].iloc[0] == 67
     assert "5 usable patients excluded as incomplete (imv_pct missing for 5)" in report
-    assert "**clinical** (clinical covariates only): 73 patients" in report
+    assert "**clinical** (clinical covariates only): 72 patients" in report
 
 
 def test_low_events_per_variable_warns_and_still_fits(small, tmp_path):

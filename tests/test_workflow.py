@@ -72,16 +72,24 @@ def test_truth_is_kept_apart_and_no_phi(tiny_run):
     assert not any("truth" in p.name for p in (results / "patients").rglob("*"))
 
 
-def test_bad_patients_are_excluded_and_cohort_completes(tiny_run, tmp_path):
-    """A user manifest mixing good patients with broken DICOM folders."""
+@pytest.fixture(scope="module")
+def user_run(tiny_run, tmp_path_factory) -> Path:
+    """A user manifest mixing good patients with broken DICOM folders; S0001's folder is named after the patient.
+
+    Real archives name folders after patients and accession numbers; the headers carry the phantom's fake PHI.
+    """
+    tmp_path = tmp_path_factory.mktemp("user")
     synthetic = tiny_run / "results" / "synthetic"
     manifest = pd.read_csv(synthetic / "manifest.csv")
     manifest["dicom_dir"] = [str(synthetic / d) for d in manifest["dicom_dir"]]
-    incomplete = tmp_path / "incomplete"
+    named = tmp_path / "archive" / "DOE_JANE_ACC9981"
+    shutil.copytree(synthetic / "dicom" / "CTR-A" / "S0001", named)
+    manifest.loc[manifest["patient_id"] == "S0001", "dicom_dir"] = str(named)
+    incomplete = tmp_path / "EXAM_MISSING_SLICE"
     shutil.copytree(synthetic / "dicom" / "CTR-A" / "S0001", incomplete)
     victim = sorted(p for p in incomplete.rglob("*") if p.is_file())[5]
     victim.unlink()
-    text_only = tmp_path / "text_only"
+    text_only = tmp_path / "EXAM_NOTES_ONLY"
     text_only.mkdir()
     (text_only / "notes.txt").write_text("not DICOM")
     broken = manifest.iloc[:2].copy()
@@ -89,15 +97,86 @@ def test_bad_patients_are_excluded_and_cohort_completes(tiny_run, tmp_path):
     broken["dicom_dir"] = [str(incomplete), str(text_only)]
     path = tmp_path / "cohort.csv"
     pd.concat([manifest, broken]).to_csv(path, index=False)
+    run_snakemake(tmp_path / "work", tiny_config(tmp_path / "results", manifest=str(path)), "all")
+    return tmp_path
 
-    out = tmp_path / "results"
-    run_snakemake(tmp_path / "work", tiny_config(out, manifest=str(path)), "all")
-    table = pd.read_parquet(out / "cohort" / "patients.parquet").set_index("patient_id")
+
+def test_bad_patients_are_excluded_and_cohort_completes(user_run):
+    table = pd.read_parquet(user_run / "results" / "cohort" / "patients.parquet").set_index("patient_id")
     assert table.loc[["S0001", "S0002", "S0003"], "status"].eq("ok").all()
     assert table.loc["B0001", "status"] == "excluded"
     assert table.loc["B0001", "reason"].startswith("convert: ") and "incomplete" in table.loc["B0001", "reason"]
     assert table.loc["B0002", "reason"].startswith("convert: ") and "no readable DICOM" in table.loc["B0002", "reason"]
     assert table.loc["B0002", "excluded_at"] == "convert" and pd.isna(table.loc["B0002", "n_frames"])
+
+
+def _phi_values(dicom_dir: Path, patient_id: str) -> set[str]:
+    """Identifying header values of one exam (the phantom writes fake ones), its absolute folder and the
+    folder's name (unless that is the manifest's pseudonymous ID, which the tables carry by design)."""
+    import pydicom
+
+    values = {str(dicom_dir)} | ({dicom_dir.name} - {patient_id})
+    for path in sorted(p for p in dicom_dir.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except pydicom.errors.InvalidDicomError:
+            continue
+        values |= {str(ds.PatientName), ds.PatientID, ds.AccessionNumber, ds.StudyDate, ds.PatientBirthDate,
+                   ds.StudyInstanceUID}
+        break
+    return {v for v in values if v}
+
+
+def _output_texts(results: Path):
+    """Every file under results as text: gzip decompressed, Parquet decoded (data and metadata)."""
+    import gzip
+
+    import pyarrow.parquet as pq
+
+    for path in sorted(p for p in results.rglob("*") if p.is_file() and p.stat().st_size):  # 0 B: placeholders
+        if path.suffix == ".parquet":
+            table = pq.read_table(path)
+            yield path, table.to_pandas().to_csv() + str(table.schema.metadata)
+        elif path.suffix == ".gz":
+            yield path, gzip.decompress(path.read_bytes()).decode("latin-1")
+        else:
+            yield path, path.read_bytes().decode("latin-1")
+
+
+def test_no_phi_or_input_path_in_any_output(user_run):
+    """Names, IDs, dates, UIDs and absolute input paths never reach results/ (tables, records, maps, logs)."""
+    manifest = pd.read_csv(user_run / "cohort.csv")
+    phi = set().union(*(_phi_values(Path(d), p) for d, p in zip(manifest["dicom_dir"], manifest["patient_id"])))
+    assert "DOE_JANE_ACC9981" in phi and any(v.startswith("SYNTHETIC^") for v in phi)
+    leaks = [(path.relative_to(user_run), value) for path, text in _output_texts(user_run / "results")
+             for value in phi if value in text]
+    assert leaks == []
+
+
+def test_a_failing_stage_fails_one_patient_and_the_run_still_writes_every_table(user_run):
+    """A corrupt intermediate file makes `mbf` raise on S0002: that patient fails, the rest completes, exit 1."""
+    results = user_run / "results"
+    aif = results / "patients" / "CTR-B" / "S0002" / "aif.parquet"
+    aif.write_bytes(b"PAR1 not a parquet file")
+    proc = run_snakemake(user_run / "work", tiny_config(results, manifest=str(user_run / "cohort.csv")), "all",
+                         check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "1 patient(s) FAILED" in out and "CTR-B/S0002: mbf: failed with " in out
+    table = pd.read_parquet(results / "cohort" / "patients.parquet").set_index("patient_id")
+    assert table.loc["S0002", "status"] == "failed" and table.loc["S0002", "excluded_at"] == "mbf"
+    reason = table.loc["S0002", "reason"]
+    assert reason.startswith("mbf: failed with ") and reason.endswith("(log: logs/mbf/CTR-B/S0002.log)")
+    assert "\n" not in reason and str(user_run) not in reason
+    assert "Traceback" not in (results / "logs" / "mbf" / "CTR-B" / "S0002.log").read_text()
+    assert table.loc[["S0001", "S0003"], "status"].eq("ok").all()
+    assert table.loc[["B0001", "B0002"], "status"].eq("excluded").all()
+    report = (results / "cohort" / "risk" / "report.md").read_text()
+    assert "## Failed patients" in report and "| CTR-B | S0002 | mbf | mbf: failed with " in report
+    assert "1 failed" in (results / "cohort" / "risk" / "summary.txt").read_text()
+    # the lock is released: the same command plans again without --unlock, and has nothing left to do
+    again = run_snakemake(user_run / "work", tiny_config(results, manifest=str(user_run / "cohort.csv")), "all", "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
 
 
 def test_bad_config_stops_before_any_job(tmp_path):

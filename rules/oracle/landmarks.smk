@@ -16,7 +16,7 @@ rule landmarks:
     params:
         truth_dir=lambda wc, input: str(Path(input.truth).parent),
         out_dir=lambda wc, output: str(Path(output.status).parent),
-        code=stage_fingerprint("oracle.py", "commands/oracle.py"),
+        code=code_fingerprint("oracle"),
     log:
         f"{LOGS}/landmarks/{{center}}/{{patient}}.log",
     resources:

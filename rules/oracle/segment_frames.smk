@@ -15,7 +15,7 @@ rule segment_frames:
     params:
         truth_dir=lambda wc, input: str(Path(input.truth).parent),
         out_dir=lambda wc, output: str(Path(output.status).parent),
-        code=stage_fingerprint("oracle.py", "commands/oracle.py"),
+        code=code_fingerprint("oracle"),
     log:
         f"{LOGS}/segment_frames/{{center}}/{{patient}}.log",
     resources:

@@ -22,7 +22,7 @@ rule landmark_training_case:
         config=LANDMARK_DATA_CONFIG,
         apex_cap_fraction=CFG.landmarks.apex_cap_fraction,
         out_dir=lambda wc, output: str(Path(output[0]).parent),
-        code=stage_fingerprint("landmarks/data.py", "landmarks/config.py", "phantom", "aha.py"),
+        code=code_fingerprint("landmarks-data"),
     log:
         f"{LOGS}/training/landmark_net/data_{{case}}.log",
     resources:
@@ -47,7 +47,7 @@ rule train_landmark_net:
         config=LANDMARK_TRAINING.model_dump_json(),
         apex_cap_fraction=CFG.landmarks.apex_cap_fraction,
         device=CFG.device,
-        code=stage_fingerprint("landmarks", "aha.py", "devices.py", "commands/landmarks.py"),
+        code=code_fingerprint("landmarks-train"),
     log:
         f"{LOGS}/training/landmark_net/train.log",
     resources:

@@ -19,7 +19,7 @@ rule regnet_training_data:
     params:
         config=REGNET_DATA_CONFIG,
         phantom=CFG.synthetic.phantom.model_dump_json(),
-        code=stage_fingerprint("registration/data.py", "registration/crop.py", "registration/warp.py", "phantom"),
+        code=code_fingerprint("register-data"),
     log:
         f"{LOGS}/training/regnet/data_{{role}}.log",
     resources:
@@ -43,10 +43,7 @@ rule train_regnet:
     params:
         config=CFG.registration.model_dump_json(),
         device=CFG.device,
-        code=stage_fingerprint(
-            "registration/train.py", "registration/losses.py", "registration/net.py", "registration/warp.py",
-            "registration/data.py", "registration/config.py", "commands/registration.py",
-        ),
+        code=code_fingerprint("register-train"),
     log:
         f"{LOGS}/training/regnet/train.log",
     resources:

@@ -25,7 +25,7 @@ rule segmentation_training_case:
     params:
         out_dir=lambda wc, output: str(Path(output[0]).parent),
         config=SEG_DATA_CONFIG,
-        code=stage_fingerprint("segmentation/data.py", "oracle.py", "phantom"),
+        code=code_fingerprint("segmentation-data"),
     log:
         f"{LOGS}/training/segmentation/data_{{case}}.log",
     resources:
@@ -52,7 +52,7 @@ rule train_vbnet:
         # the network and training sections only: inference settings do not retrain
         config=CFG.segmentation.model_dump_json(include={"network", "training"}),
         device=CFG.device,
-        code=stage_fingerprint("segmentation", "devices.py", "commands/segmentation.py"),
+        code=code_fingerprint("train-segmentation"),
     log:
         f"{LOGS}/training/vbnet_{{task}}.log",
     resources:
