@@ -36,7 +36,8 @@ PATIENT_COLUMNS: list[pa.Field] = [
     pa.field("kvp", pa.float64()),
     # Conversion provenance: the series used and those ignored (number, description, why), the time tag
     # trusted and why others were not, exact duplicate files dropped, the largest slice-position
-    # difference accepted between frames, transfer syntaxes decoded, files read without a Part-10 header.
+    # difference accepted between frames, transfer syntaxes decoded, files read without a Part-10 header,
+    # the voxel order the DICOM stored (conversion reorders it to the canonical L,P,S; nothing is resampled).
     pa.field("series_used", pa.string()),
     pa.field("series_ignored", pa.string()),
     pa.field("timing_tag", pa.string()),
@@ -45,6 +46,7 @@ PATIENT_COLUMNS: list[pa.Field] = [
     pa.field("position_max_diff_mm", pa.float64()),
     pa.field("transfer_syntax", pa.string()),
     pa.field("files_without_part10", pa.int32()),
+    pa.field("stored_orientation", pa.string()),  # world direction of the stored x,y,z axes; canonical is L,P,S
     pa.field("segment_frames_source", pa.string()),
     pa.field("register_source", pa.string()),
     pa.field("register_model_sha256", pa.string()),

@@ -21,7 +21,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from ctp_steps.convert import convert_dicom_series, write_converted
-from ctp_steps.io import read_series
+from ctp_steps.io import geometry_of, read_series
+from ctp_steps.orientation import to_canonical
 from ctp_steps.phantom import (
     VENDOR_STYLES,
     PhantomParams,
@@ -194,9 +195,11 @@ def test_converts_each_convention(tmp_path, style, iop, reverse_slices, encoding
 
     out = convert_dicom_series(tmp_path)
 
-    assert out.hu.dtype == np.float32 and out.hu.shape == SHAPE
+    # the stored voxel order, put in the canonical one (index axes along +L, +P, +S)
+    hu, geometry, _ = to_canonical(hu, expected_geometry(iop))
+    assert out.hu.dtype == np.float32 and out.hu.shape == hu.shape and sorted(hu.shape) == sorted(SHAPE)
     assert np.abs(out.hu - hu).max() <= tolerance(encoding)
-    assert out.geometry.allclose(expected_geometry(iop), atol=1e-4)
+    assert out.geometry.allclose(geometry, atol=1e-4)
     assert out.frame_times_s[0] == 0.0
     assert np.abs(np.asarray(out.frame_times_s) - times).max() < 1e-3
     expected_grouping = {
@@ -227,10 +230,11 @@ def test_frame_matches_simpleitk_series_reader(tmp_path, style):
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(p) for p in files[t]])
     image = reader.Execute()
-    assert np.allclose(image.GetOrigin(), out.geometry.origin, atol=1e-4)
-    assert np.allclose(image.GetSpacing(), out.geometry.spacing, atol=1e-4)
-    assert np.allclose(image.GetDirection(), out.geometry.direction, atol=1e-4)
-    assert np.array_equal(sitk.GetArrayFromImage(image).astype(np.float32), out.hu[t])
+    itk_frame, itk_geometry, _ = to_canonical(sitk.GetArrayFromImage(image).astype(np.float32), geometry_of(image))
+    assert np.allclose(itk_geometry.origin, out.geometry.origin, atol=1e-4)
+    assert np.allclose(itk_geometry.spacing, out.geometry.spacing, atol=1e-4)
+    assert np.allclose(itk_geometry.direction, out.geometry.direction, atol=1e-4)
+    assert np.array_equal(itk_frame, out.hu[t])
 
 
 def test_midnight_and_shuffled_order(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import subprocess
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, TINY_PHANTOM, run_snakemake, tiny_config
+from test_orientation import restore_in_storage_order
 
 pytestmark = pytest.mark.workflow
 
@@ -95,19 +97,39 @@ def user_run(tiny_run, tmp_path_factory) -> Path:
     broken = manifest.iloc[:2].copy()
     broken["patient_id"] = ["B0001", "B0002"]
     broken["dicom_dir"] = [str(incomplete), str(text_only)]
+    feet_first = tmp_path / "EXAM_FEET_FIRST"
+    shutil.copytree(synthetic / "dicom" / "CTR-C" / "S0003", feet_first)
+    restore_in_storage_order(feet_first, flip_row=True, flip_column=False)
+    twin = manifest[manifest["patient_id"] == "S0003"].assign(patient_id="T0003", dicom_dir=str(feet_first))
     path = tmp_path / "cohort.csv"
-    pd.concat([manifest, broken]).to_csv(path, index=False)
+    pd.concat([manifest, broken, twin]).to_csv(path, index=False)
     run_snakemake(tmp_path / "work", tiny_config(tmp_path / "results", manifest=str(path)), "all")
     return tmp_path
 
 
 def test_bad_patients_are_excluded_and_cohort_completes(user_run):
     table = pd.read_parquet(user_run / "results" / "cohort" / "patients.parquet").set_index("patient_id")
-    assert table.loc[["S0001", "S0002", "S0003"], "status"].eq("ok").all()
+    assert table.loc[["S0001", "S0002", "S0003", "T0003"], "status"].eq("ok").all()
     assert table.loc["B0001", "status"] == "excluded"
     assert table.loc["B0001", "reason"].startswith("convert: ") and "incomplete" in table.loc["B0001", "reason"]
     assert table.loc["B0002", "reason"].startswith("convert: ") and "no readable DICOM" in table.loc["B0002", "reason"]
     assert table.loc["B0002", "excluded_at"] == "convert" and pd.isna(table.loc["B0002", "n_frames"])
+
+
+def test_feet_first_twin_gives_the_same_masks_and_mbf(user_run):
+    """The same study stored feet-first (mirrored rows, slices foot to head) goes through every stage alike."""
+    import SimpleITK as sitk
+
+    table = pd.read_parquet(user_run / "results" / "cohort" / "patients.parquet").set_index("patient_id")
+    assert table.loc["T0003", "status"] == "ok" and table.loc["T0003", "stored_orientation"] == "R,P,I"
+    assert table.loc["S0003", "stored_orientation"] == "L,P,S"
+    assert table.loc["T0003", "mbf_global"] == pytest.approx(table.loc["S0003", "mbf_global"], rel=0.01)
+    assert table.loc["T0003", "imv_pct"] == pytest.approx(table.loc["S0003", "imv_pct"], abs=0.5)
+    patients = user_run / "results" / "patients" / "CTR-C"
+    for mask in ("myocardium.nii.gz", "aha17.nii.gz"):
+        a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(patients / p / mask))) for p in ("S0003", "T0003"))
+        dice = 2 * ((a > 0) & (b > 0)).sum() / ((a > 0).sum() + (b > 0).sum())
+        assert dice >= 0.98 and (a == b).mean() >= 0.98, (mask, dice)
 
 
 def _phi_values(dicom_dir: Path, patient_id: str) -> set[str]:
@@ -169,7 +191,7 @@ def test_a_failing_stage_fails_one_patient_and_the_run_still_writes_every_table(
     assert reason.startswith("mbf: failed with ") and reason.endswith("(log: logs/mbf/CTR-B/S0002.log)")
     assert "\n" not in reason and str(user_run) not in reason
     assert "Traceback" not in (results / "logs" / "mbf" / "CTR-B" / "S0002.log").read_text()
-    assert table.loc[["S0001", "S0003"], "status"].eq("ok").all()
+    assert table.loc[["S0001", "S0003", "T0003"], "status"].eq("ok").all()
     assert table.loc[["B0001", "B0002"], "status"].eq("excluded").all()
     report = (results / "cohort" / "risk" / "report.md").read_text()
     assert "## Failed patients" in report and "| CTR-B | S0002 | mbf | mbf: failed with " in report
@@ -177,6 +199,39 @@ def test_a_failing_stage_fails_one_patient_and_the_run_still_writes_every_table(
     # the lock is released: the same command plans again without --unlock, and has nothing left to do
     again = run_snakemake(user_run / "work", tiny_config(results, manifest=str(user_run / "cohort.csv")), "all", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_a_killed_run_resumes_to_the_same_tables(tiny_run, tmp_path):
+    """README's resume recipe: kill -9 mid-stage, `--unlock`, the same command again: the tables equal
+    an uninterrupted run's (config_hash differs only because results_dir does)."""
+    import signal
+    import time
+
+    import yaml
+
+    work = tmp_path / "work"
+    work.mkdir()
+    config = tiny_config(tmp_path / "results")
+    (work / "test-config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
+           "--configfile", str(work / "test-config.yaml"), "--cores", "2", "all"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    started = tmp_path / "results" / "logs" / "register"
+    deadline = time.monotonic() + 600
+    while not (started.exists() and any(started.rglob("*.log"))) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the run never reached register"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the scheduler, its jobs and their children, mid-stage
+    proc.wait()
+    assert not (tmp_path / "results" / "cohort" / "patients.parquet").exists()
+    locked = run_snakemake(work, config, "all", check=False)
+    assert locked.returncode != 0 and "lock" in (locked.stdout + locked.stderr).lower()
+    run_snakemake(work, config, "--unlock")
+    run_snakemake(work, config, "all", "--rerun-incomplete")
+    for table in ("patients", "segments"):
+        resumed = pd.read_parquet(tmp_path / "results" / "cohort" / f"{table}.parquet").drop(columns="config_hash")
+        whole = pd.read_parquet(tiny_run / "results" / "cohort" / f"{table}.parquet").drop(columns="config_hash")
+        pd.testing.assert_frame_equal(resumed, whole)
 
 
 def test_bad_config_stops_before_any_job(tmp_path):

@@ -9,7 +9,11 @@ Steps, each in its own module:
   read, because a converter that silently interleaves or splits frames
   (dcm2niix #463, #721) corrupts every later stage;
 - `timing`: time the frames from the most trusted consistent time tag;
-- `pixels`: decode the kept slices through pydicom's pixel-data plugins.
+- `pixels`: decode the kept slices through pydicom's pixel-data plugins;
+- `ctp_steps.orientation`: put the voxels in the canonical order (index axes
+  along +L, +P, +S) whatever the storage order (feet-first, flipped cosines):
+  a lossless permutation with exact world geometry; the stored order is
+  recorded (`stored_orientation`).
 
 Scanners encode the frames of a dynamic series in different ways: one series
 per frame (time in AcquisitionTime), one series with TemporalPositionIdentifier
@@ -34,25 +38,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ctp_steps.convert.headers import PLACEHOLDER, Image, image_where, one_line, scan_headers
+from ctp_steps.convert.headers import GROUPING_TAGS, PLACEHOLDER, Image, image_where, one_line, scan_headers
 from ctp_steps.convert.pixels import read_hu
 from ctp_steps.convert.series import POSITION_TOL_MM, along_normal, position_labels, select_dynamic
 from ctp_steps.convert.timing import TIME_TAGS, frame_times
 from ctp_steps.io import write_json, write_series
+from ctp_steps.orientation import stored_orientation, to_canonical
 from ctp_steps.types import Geometry, PatientInputError
 
-# Tags that may separate the frames, tried in this order; the first complete split wins.
-GROUPING_TAGS = (
-    "TemporalPositionIdentifier",
-    "TemporalPositionIndex",
-    "SeriesInstanceUID",
-    "AcquisitionNumber",
-    "TriggerTime",
-    "ContentTime",
-    "AcquisitionTime",
-    "AcquisitionDateTime",
-    "FrameAcquisitionDateTime",
-)
 _SERIES_TAG = "SeriesInstanceUID"
 _TPI_TAGS = ("TemporalPositionIdentifier", "TemporalPositionIndex")
 SPACING_REL_TOL = 0.01  # allowed deviation of a slice gap from the mean gap, relative ...
@@ -127,6 +120,8 @@ def _convert(dicom_dir: Path, min_frames: int) -> ConvertedSeries:
         direction=tuple(float(v) for v in np.column_stack([row, col, normal]).ravel()),
     )
     hu, syntaxes = read_hu(slices, frames, dicom_dir)
+    stored = stored_orientation(geometry)
+    hu, geometry, _ = to_canonical(hu, geometry)  # nets and geometric steps see one voxel order
     used = [slices[i] for f in frames for i in f]
     skipped = Counter(scan.skipped)
     if scan.duplicates:
@@ -158,6 +153,7 @@ def _convert(dicom_dir: Path, min_frames: int) -> ConvertedSeries:
         "position_tolerance_mm": POSITION_TOL_MM,
         "transfer_syntax": syntaxes,
         "sop_class": sorted(scan.sop_classes),
+        "stored_orientation": stored,
     }
     return ConvertedSeries(hu=hu, geometry=geometry, frame_times_s=times_s, meta=meta)
 
@@ -174,6 +170,7 @@ def conversion_facts(series: ConvertedSeries) -> dict:
         "position_max_diff_mm": float(m["position_max_diff_mm"]),
         "transfer_syntax": ", ".join(m["transfer_syntax"]),
         "files_without_part10": int(m["files_without_part10"]),
+        "stored_orientation": m["stored_orientation"],
     }
 
 

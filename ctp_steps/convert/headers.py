@@ -49,8 +49,8 @@ DERIVED_MARKERS = frozenset(
     {"DERIVED", "SECONDARY", "AVERAGE", "MIP", "MINIP", "MNIP", "MPR", "REFORMATTED", "CURVED",
      "PROJECTION IMAGE", "SUBTRACTION", "MAXIMUM", "MINIMUM", "SLAB", "THICK"}
 )
-# Header values kept per slice: frame grouping and frame timing read them by keyword.
-VALUE_TAGS = (
+# Tags that may separate the frames, tried in this order; the first complete split wins.
+GROUPING_TAGS = (
     "TemporalPositionIdentifier",
     "TemporalPositionIndex",
     "SeriesInstanceUID",
@@ -60,8 +60,9 @@ VALUE_TAGS = (
     "AcquisitionTime",
     "AcquisitionDateTime",
     "FrameAcquisitionDateTime",
-    "SeriesTime",
 )
+# Header values kept per slice: frame grouping and frame timing read them by keyword.
+VALUE_TAGS = (*GROUPING_TAGS, "SeriesTime")
 _DEFER_BYTES = 4096  # values larger than this (the pixel data) are read only on access
 _MAX_TEXT = 64  # longest series description echoed in a record
 
