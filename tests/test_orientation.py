@@ -53,8 +53,11 @@ def restore_in_storage_order(folder: Path, flip_row: bool, flip_column: bool) ->
     """Rewrite an axial export so the same world voxels are stored mirrored: feet-first storage
     (row towards the patient's right, slices foot to head) or flipped column cosines."""
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
+        ds = pydicom.dcmread(path, force=True)  # some vendor styles write no Part-10 header
+        if "PixelData" not in ds:  # a DICOMDIR or a non-image object: not part of the voxel order
+            continue
+        dtype = np.dtype(f"<{'i' if ds.PixelRepresentation else 'u'}{ds.BitsAllocated // 8}")  # uncompressed
+        pixels = np.frombuffer(ds.PixelData, dtype=dtype).reshape(ds.Rows, ds.Columns)
         row, col = np.array(ds.ImageOrientationPatient[:3], float), np.array(ds.ImageOrientationPatient[3:], float)
         position = np.array(ds.ImagePositionPatient, float)
         col_mm, row_mm = (float(v) for v in ds.PixelSpacing)  # DICOM: row spacing (between rows) first
