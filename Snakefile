@@ -1,6 +1,6 @@
 # ctp-cohort: dynamic CT myocardial perfusion, from DICOM to outcome study.
 # Loads and validates the config and the cohort manifest before planning any job,
-# then includes one rules/*.smk per stage. Logic lives in the ctp_steps package.
+# then includes one rules/*.smk per active stage of the chain (ctp_steps/stages.py). Logic lives in ctp_steps.
 import os
 import sys
 from pathlib import Path
@@ -8,12 +8,13 @@ from pathlib import Path
 from snakemake.utils import min_version, validate
 
 from ctp_steps.config import config_hash, load_config
-from ctp_steps.fingerprints import code_fingerprint
+from ctp_steps.fingerprints import code_fingerprint, stage_fingerprint
 from ctp_steps.models import weights_path
 from ctp_steps.workflow import (
-    analysis_rule_files,
+    active_chain,
     cohort_patients,
     print_run_summary,
+    stage_rule_files,
 )
 
 min_version("9.0")
@@ -40,10 +41,9 @@ os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.envir
 
 include: "rules/common.smk"
 include: "rules/synthetic.smk"
-include: "rules/convert.smk"
 
 
-for rule_file in analysis_rule_files(CFG):
+for rule_file in stage_rule_files(CFG):  # the per-patient chain, ctp_steps/stages.py
 
     include: rule_file
 

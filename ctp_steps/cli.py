@@ -1,10 +1,12 @@
 """Command line of the stages: what Snakemake's thin rules call (`python -m ctp_steps ...`).
 
-Each stage's subcommands live in `ctp_steps/commands/<stage>.py` (found
-automatically; a module defines `register(subparsers)`), with heavy imports
-inside the handlers so `--help` and planning stay fast.
+Every per-patient stage runs through `ctp-steps run <stage>` (`commands/stage.py`,
+the contract in `ctp_steps/stages.py`); the other subcommands (training,
+shipping, validation, gather, risk, synthetic) live in `ctp_steps/commands/*.py`
+(found automatically; a module defines `register(subparsers)`), with heavy
+imports inside the handlers so `--help` and planning stay fast.
 
-Every per-patient command follows one contract (`run_patient_stage`): a known
+Every per-patient stage follows one contract (`run_patient_stage`): a known
 input problem (PatientInputError) writes the stage's status record with the
 reason (`excluded`) and empty placeholder outputs, and exits 0 so the rest of
 the cohort goes on; any other exception ends that patient as `failed`, with the
@@ -81,9 +83,10 @@ def results_root(status_path: Path) -> Path:
 
 
 def patient_log(status_path: Path) -> str:
-    """The job's log, relative to the results folder (rules log to `logs/<stage>/<center>/<patient>.log`)."""
-    stage = status_path.name.removesuffix(".status.json")
-    return f"logs/{stage}/{status_path.parent.parent.name}/{status_path.parent.name}.log"
+    """The job's log, relative to the results folder (the rules' `log:` follows `layout.patient_log`)."""
+    from ctp_steps.layout import patient_log as log_of, stage_of_status
+
+    return log_of(stage_of_status(status_path), status_path.parent.parent.name, status_path.parent.name)
 
 
 def _patient_reason(text: str, status_path: Path) -> str:

@@ -15,6 +15,7 @@ import pyarrow as pa
 from ctp_steps import __version__
 from ctp_steps.aha import SEGMENT_NAMES, SEGMENT_TERRITORY
 from ctp_steps.io import read_status, write_parquet
+from ctp_steps.layout import file_name, status_name
 from ctp_steps.manifest import read_manifest_table
 
 SCHEMA_VERSION = "1"
@@ -137,7 +138,7 @@ def patient_record(patient_dir: Path, stages: list[str]) -> dict:
     """Merged stage records; status (`excluded` or `failed`) and reason of the first stage that was not ok."""
     record: dict = {"status": "ok", "reason": None, "excluded_at": None}
     for stage in stages:
-        status = read_status(patient_dir / f"{stage}.status.json")
+        status = read_status(patient_dir / status_name(stage))
         if status.status != "ok":
             record.update(status=status.status, reason=status.reason, excluded_at=status.stage)
             break
@@ -182,10 +183,10 @@ def gather_segments(manifest: Path, patients_dir: Path, last_stage: str) -> pd.D
     for entry in table.to_dict("records"):
         patient_id, center = str(entry["patient_id"]), str(entry["center"])
         folder = patients_dir / center / patient_id
-        if read_status(folder / f"{last_stage}.status.json").status != "ok":
+        if read_status(folder / status_name(last_stage)).status != "ok":
             continue
-        mbf = pd.read_parquet(folder / "segments_mbf.parquet")
-        imv = pd.read_parquet(folder / "segments_imv.parquet")[["segment", "ischemic_ml", "ischemic_pct"]]
+        mbf = pd.read_parquet(folder / file_name("segments_mbf"))
+        imv = pd.read_parquet(folder / file_name("segments_imv"))[["segment", "ischemic_ml", "ischemic_pct"]]
         if any(sorted(t["segment"]) != list(SEGMENT_NAMES) for t in (mbf, imv)):
             raise ValueError(f"{folder}: segment tables do not hold segments 1..17 once each")
         merged = mbf.merge(imv, on="segment", validate="one_to_one")

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ctp_steps.conversion import ConversionConfig
 from ctp_steps.imv import IMVConfig
 from ctp_steps.landmarks.config import LandmarkConfig
 from ctp_steps.mbf.config import MBFConfig
@@ -61,10 +62,6 @@ class SyntheticCohortConfig(Strict):
         if duplicated:
             raise ValueError(f"duplicate center names: {', '.join(duplicated)}")
         return centers
-
-
-class ConversionConfig(Strict):
-    min_frames: int = Field(8, ge=2, description="Fewer frames than this excludes the patient.")
 
 
 class StagesConfig(Strict):

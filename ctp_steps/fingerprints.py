@@ -6,8 +6,9 @@ and everything after it, and nothing else. Hand-kept file lists drift (a module
 added to a stage is forgotten, a shared helper is never listed), so the files
 are found here by reading the source: the closure of the `ctp_steps` imports,
 lazy imports inside functions included, starting from the handler of the
-rule's `ctp-steps` subcommand. Nothing is imported: planning a large cohort
-must not load torch.
+rule's `ctp-steps` subcommand, or for a per-patient stage from its contract
+module (ctp_steps/stages.py) plus the generic `ctp-steps run`. Nothing is
+imported: planning a large cohort must not load torch.
 """
 
 from __future__ import annotations
@@ -125,11 +126,36 @@ def command_sources(subcommand: str) -> list[Path]:
     return sorted({*import_closure([(module, nodes)]), PACKAGE_DIR / "cli.py"})
 
 
-@cache
-def code_fingerprint(subcommand: str) -> str:
-    """Short hash of the sources `ctp-steps <subcommand>` can run (the rule's `params.code`)."""
+def stage_sources(stage: str, implementation: str | None = None) -> list[Path]:
+    """Every package source `ctp-steps run <stage>` can run: the generic runner and the closure of the stage's
+    contract module (the oracle's for `implementation="oracle"`), and nothing of the other stages."""
+    from ctp_steps.stages import ORACLE, STAGES
+
+    module = STAGES[stage].module_of(implementation or "")
+    if implementation not in (None, ORACLE) and implementation not in STAGES[stage].implementations:
+        raise KeyError(f"stage {stage}: no implementation {implementation!r}")
+    path = module_file(module)
+    if path is None:
+        raise KeyError(f"stage {stage}: no module {module}")
+    return sorted({*command_sources("run"), *import_closure([(module, [_tree(path)])])})
+
+
+def _digest(paths: list[Path]) -> str:
     digest = hashlib.sha256()
-    for path in command_sources(subcommand):
+    for path in paths:
         digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+@cache
+def code_fingerprint(subcommand: str) -> str:
+    """Short hash of the sources `ctp-steps <subcommand>` can run (the rule's `params.code`)."""
+    return _digest(command_sources(subcommand))
+
+
+@cache
+def stage_fingerprint(stage: str, implementation: str | None = None) -> str:
+    """Short hash of the sources of one per-patient stage (its rule's `params.code`): editing mbf code
+    reruns mbf and what follows, not the other stages."""
+    return _digest(stage_sources(stage, implementation))

@@ -10,6 +10,7 @@ defect. IMV% is the ischemic share of the LV myocardium; the per-territory
 IMV% are shares of the whole LV myocardium too, so they add up to IMV%.
 Per-segment ischemic_pct is the share of that segment.
 
+Contract (ctp_steps/stages.py): `Inputs`, `Outputs` (the keys of rules/imv.smk), `Config`, `run`.
 The config model is importable without numpy-heavy work (planning and the
 config schema use it); the computation imports scipy on use.
 """
@@ -25,6 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ctp_steps.aha import SEGMENT_TERRITORY, TERRITORY_SEGMENTS
+from ctp_steps.stages import Context, PatientInputs, PatientOutputs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -122,21 +124,37 @@ def imv_record(result: IMVResult, myocardium: np.ndarray, aha17: np.ndarray, vox
     return record
 
 
-def run_imv(mbf_path: Path, myocardium_path: Path, aha_path: Path, ischemia_path: Path, segments_path: Path,
-            qc_path: Path, cfg: IMVConfig) -> dict:
+Config = IMVConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class Inputs(PatientInputs):
+    mbf: Path  # the MBF stage's regularised map
+    myocardium: Path
+    aha: Path
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outputs(PatientOutputs):
+    ischemia: Path
+    segments: Path
+    qc: Path
+
+
+def run(inputs: Inputs, outputs: Outputs, cfg: IMVConfig, ctx: Context) -> dict:
     """IMV of one patient from the MBF stage's map: writes the ischemia mask, segment table and figure."""
     from ctp_steps.io import read_volume, write_parquet, write_volume
 
-    mbf, geometry = read_volume(mbf_path)
-    myocardium, _ = read_volume(myocardium_path)
-    aha17, _ = read_volume(aha_path)
+    mbf, geometry = read_volume(inputs.mbf)
+    myocardium, _ = read_volume(inputs.myocardium)
+    aha17, _ = read_volume(inputs.aha)
     myo = myocardium > 0
     voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
     result = ischemic_region(mbf, myo, aha17, voxel_ml, cfg)
-    write_volume(ischemia_path, result.ischemia.astype(np.uint8), geometry)
+    write_volume(outputs.ischemia, result.ischemia.astype(np.uint8), geometry)
     segments = segment_table(result.ischemia, myo, aha17, voxel_ml)
-    write_parquet(segments_path, segments, metadata={"threshold_mbf": f"{result.threshold:.6g}"})
-    imv_figure(segments, result.threshold, qc_path)
+    write_parquet(outputs.segments, segments, metadata={"threshold_mbf": f"{result.threshold:.6g}"})
+    imv_figure(segments, result.threshold, outputs.qc)
     return imv_record(result, myo, aha17, voxel_ml, cfg.mode)
 
 

@@ -34,6 +34,7 @@ import pandas as pd
 
 from ctp_steps.aha import TERRITORY_SEGMENTS
 from ctp_steps.io import read_json, read_status, read_volume
+from ctp_steps.layout import file_name, status_name
 from ctp_steps.types import Geometry
 from ctp_steps.validate import METRIC_COLUMNS
 
@@ -55,7 +56,7 @@ def truth_maps(truth_dir: Path, patient_dir: Path) -> tuple[np.ndarray, np.ndarr
     """True MBF, labels and AHA segments as the registered series shows them, and their geometry."""
     from ctp_steps.registration.validation import truth_map_in_reference_frame
 
-    register_status = patient_dir / "register.status.json"
+    register_status = patient_dir / status_name("register")
     mbf, geometry = truth_map_in_reference_frame(truth_dir, "mbf", register_status)
     labels, _ = truth_map_in_reference_frame(truth_dir, "labels", register_status)
     aha17, _ = truth_map_in_reference_frame(truth_dir, "aha17", register_status)
@@ -86,10 +87,10 @@ def mbf_patient_metrics(
     from ctp_steps.mbf.config import METHODS, MBFConfig
     from ctp_steps.mbf.estimate import estimate_mbf
     from ctp_steps.devices import resolve_device
-    from ctp_steps.mbf.stage import MBFInputPaths, read_inputs
+    from ctp_steps.mbf.stage import Inputs, read_inputs
 
     patient_id, center = _keys(truth_dir)
-    if read_status(patient_dir / "mbf.status.json").status != "ok":
+    if read_status(patient_dir / status_name("mbf")).status != "ok":
         return _rows(truth_dir, "mbf", [("mbf_ok", "all", 0.0)]), pd.DataFrame(columns=SEGMENT_COLUMNS)
     cfg = MBFConfig.model_validate_json(mbf_config_json)
     truth = read_json(truth_dir / "truth.json")
@@ -97,18 +98,18 @@ def mbf_patient_metrics(
     true_myo = labels == MYOCARDIUM_LABEL
     true_segments = np.array([math.nan if v is None else v for v in truth["mbf_segments"]], dtype=float)
     inputs = read_inputs(
-        MBFInputPaths(
-            frames=patient_dir / "frames.json",
-            series=patient_dir / "registered.nii.gz",
-            myocardium=patient_dir / "myocardium.nii.gz",
-            aha17=patient_dir / "aha17.nii.gz",
-            aif=patient_dir / "aif.parquet",
+        Inputs(
+            frames=patient_dir / file_name("frames"),
+            series=patient_dir / file_name("registered"),
+            myocardium=patient_dir / file_name("myocardium"),
+            aha=patient_dir / file_name("aha17"),
+            aif=patient_dir / file_name("aif"),
         )
     )
     mask, aha = inputs.myocardium, inputs.aha17
     maps = {  # the stage's own maps for the configured method
-        cfg.method: read_volume(patient_dir / "mbf.nii.gz")[0],
-        f"{cfg.method}_raw": read_volume(patient_dir / "mbf_raw.nii.gz")[0],
+        cfg.method: read_volume(patient_dir / file_name("mbf"))[0],
+        f"{cfg.method}_raw": read_volume(patient_dir / file_name("mbf_raw"))[0],
     }
     device = resolve_device(device_name)
     for method in METHODS:
@@ -163,18 +164,18 @@ def imv_patient_metrics(truth_dir: Path, patient_dir: Path, imv_config_json: str
     regularisation's check, of the same IMV rule applied to the voxel-wise map (target lv_raw)."""
     from ctp_steps.imv import IMVConfig, ischemic_region
 
-    if read_status(patient_dir / "imv.status.json").status != "ok":
+    if read_status(patient_dir / status_name("imv")).status != "ok":
         return _rows(truth_dir, "imv", [("imv_ok", "all", 0.0)])
     cfg = IMVConfig.model_validate_json(imv_config_json)
     truth = read_json(truth_dir / "truth.json")
     true_mbf, labels, true_aha, geometry = truth_maps(truth_dir, patient_dir)
     true_myo = labels == MYOCARDIUM_LABEL
     true_isch = true_myo & (true_mbf < truth["ischemia_threshold_mbf"])
-    myo = read_volume(patient_dir / "myocardium.nii.gz")[0] > 0
-    aha = read_volume(patient_dir / "aha17.nii.gz")[0]
+    myo = read_volume(patient_dir / file_name("myocardium"))[0] > 0
+    aha = read_volume(patient_dir / file_name("aha17"))[0]
     voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
-    raw = ischemic_region(read_volume(patient_dir / "mbf_raw.nii.gz")[0], myo, aha, voxel_ml, cfg).ischemia
-    estimates = {"lv": read_volume(patient_dir / "ischemia.nii.gz")[0] > 0, "lv_raw": raw}
+    raw = ischemic_region(read_volume(patient_dir / file_name("mbf_raw"))[0], myo, aha, voxel_ml, cfg).ischemia
+    estimates = {"lv": read_volume(patient_dir / file_name("ischemia"))[0] > 0, "lv_raw": raw}
     true_pct = 100.0 * true_isch.sum() / true_myo.sum()
     rows = [("imv_ok", "all", 1.0)]
     for target, isch in estimates.items():

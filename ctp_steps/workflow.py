@@ -1,4 +1,4 @@
-"""What the Snakefile needs at planning time: the patient list, the chain of stage rule files, the run summary.
+"""What the Snakefile needs at planning time: the patient list, the active chain and its rule files, the run summary.
 
 Kept free of heavy imports: planning a 20,000-patient DAG must not load torch.
 """
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ctp_steps.config import PipelineConfig
 from ctp_steps.manifest import ManifestPatient, manifest_patients, validate_manifest
+from ctp_steps.stages import CHAIN, ORACLE, ChainStage, implementation
 
 SYNTHETIC_COVARIATES = ("age", "sex", "diabetes", "hypertension", "smoking")
 
@@ -44,36 +45,26 @@ def cohort_patients(cfg: PipelineConfig) -> list[ManifestPatient]:
     return manifest_patients(validate_manifest(cfg.manifest, cfg.covariates))
 
 
-# Per-patient stages after conversion, in chain order, with their key in config `stages`.
-ANALYSIS_STAGES = {
-    "segment_frames": "segment_frames",
-    "register": "registration",
-    "segment_myocardium": "segment_myocardium",
-    "landmarks": "landmarks",
-}
-# Quantification after the analysis stages; they have no oracle and run only on a complete chain.
-QUANTIFICATION_RULE_FILES = ("rules/mbf.smk", "rules/imv.smk")
-
-
-def analysis_rule_files(cfg: PipelineConfig) -> list[str]:
-    """The .smk file of each configured stage implementation, in chain order.
+def active_chain(cfg: PipelineConfig) -> list[tuple[ChainStage, str]]:
+    """The per-patient stages this config runs, in chain order, with their configured implementation.
 
     An oracle stage needs the phantom's truth: on a user manifest the chain is
-    cut before the first one (the rows then end at the last real stage), and
-    MBF and IMV, which need every analysis stage, are left out.
+    cut before the first one (the rows then end at the last real stage), so
+    MBF and IMV, which need every stage before them, are left out too.
     """
-    files = []
-    for stage, key in ANALYSIS_STAGES.items():
-        implementation = getattr(cfg.stages, key)
-        if implementation == "oracle":
-            if not cfg.uses_synthetic_cohort:
-                break
-            files.append(f"rules/oracle/{stage}.smk")
-        else:  # the stage's .smk picks the method (e.g. register: learned|simpleitk|none)
-            files.append(f"rules/{stage}.smk")
-    else:
-        files += QUANTIFICATION_RULE_FILES
-    return files
+    chain = []
+    for stage in CHAIN:
+        impl = implementation(stage, cfg.stages)
+        if impl == ORACLE and not cfg.uses_synthetic_cohort:
+            break
+        chain.append((stage, impl))
+    return chain
+
+
+def stage_rule_files(cfg: PipelineConfig) -> list[str]:
+    """The .smk of each active stage, in chain order (an oracle's own under rules/oracle/; a real stage's
+    .smk serves all its methods, e.g. register: learned|simpleitk|none)."""
+    return [f"rules/oracle/{s.name}.smk" if impl == ORACLE else f"rules/{s.name}.smk" for s, impl in active_chain(cfg)]
 
 
 class PatientsFailed(Exception):

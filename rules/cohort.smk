@@ -1,24 +1,24 @@
 # Per-patient records → the cohort tables under results/cohort/: patients.parquet, and segments.parquet
 # once MBF and IMV are in the chain. One rule reads every patient, so `--batch gather_patients=i/B`
 # slices the whole cohort (README "Huge cohorts").
-COHORT_SEGMENTS = [f"{RESULTS}/cohort/segments.parquet"] if "imv" in PATIENT_STAGES else []
+COHORT_SEGMENTS = [f"{RESULTS}/cohort/segments.parquet"] if "imv" in CHAIN_STAGES else []
 
 
 rule gather_patients:
     input:
         manifest=manifest_path(),
         status=lambda wc: [
-            f for stage in PATIENT_STAGES for f in per_patient(f"{PATIENT_DIR}/{stage}.status.json")
+            f for stage in CHAIN_STAGES for f in per_patient(status_file(stage))
         ],
         segment_tables=lambda wc: [
-            f for t in ("mbf", "imv") if COHORT_SEGMENTS for f in per_patient(f"{PATIENT_DIR}/segments_{t}.parquet")
+            f for t in ("segments_mbf", "segments_imv") if COHORT_SEGMENTS for f in per_patient(patient_file(t))
         ],
     output:
         patients=f"{RESULTS}/cohort/patients.parquet",
         segments=COHORT_SEGMENTS,
     params:
-        patients_dir=f"{RESULTS}/patients",
-        stages=lambda wc: PATIENT_STAGES,
+        patients_dir=f"{RESULTS}/{PATIENTS_DIR}",
+        stages=CHAIN_STAGES,
         covariates=CFG.covariates,
         config_hash=CONFIG_HASH,
         segments=lambda wc, output: f"--segments-out {output.segments}" if COHORT_SEGMENTS else "",

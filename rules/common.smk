@@ -1,16 +1,19 @@
-# Shared by the stage rules: patient paths, wildcard constraints, the chain of
-# per-patient stages (each stage's .smk appends itself) and validation inputs.
+# Shared by the stage rules: patient paths (names from ctp_steps/layout.py), wildcard constraints, the
+# active chain of per-patient stages (ctp_steps/stages.py) and the one shell command every stage runs.
+import json
 
-PATIENT_DIR = f"{RESULTS}/patients/{{center}}/{{patient}}"
+from ctp_steps.layout import PATIENTS_DIR, file_name, patient_log, status_name, validation_file
+from ctp_steps.stages import ORACLE, STAGES, upstream_status
+from ctp_steps.stages import implementation as configured_implementation
+
+PATIENT_DIR = f"{RESULTS}/{PATIENTS_DIR}/{{center}}/{{patient}}"
 SYNTHETIC_DIR = f"{RESULTS}/synthetic"
+TRUTH = f"{SYNTHETIC_DIR}/truth/{{center}}/{{patient}}/truth.json"
 LOGS = f"{RESULTS}/logs"
 
-# Per-patient stages in chain order; the cohort gather reads each one's status record.
-PATIENT_STAGES: list[str] = []
-# Per-patient validation metric files (patterns with {center} and {patient}).
-VALIDATION_METRICS: list[str] = []
-# Cohort-level validation tables (e.g. the segment MBF agreement over all patients).
-VALIDATION_COHORT_METRICS: list[str] = []
+# (stage, implementation) in chain order, as configured; the cohort gather reads each one's status record.
+ACTIVE_CHAIN = active_chain(CFG)
+CHAIN_STAGES = [stage.name for stage, _ in ACTIVE_CHAIN]
 
 CENTERS = [p.center for p in PATIENTS]
 PATIENT_IDS = [p.patient_id for p in PATIENTS]
@@ -31,12 +34,43 @@ def manifest_path() -> str:
     return CFG.manifest or f"{SYNTHETIC_DIR}/manifest.csv"
 
 
-def previous_stage_status() -> str:
-    """Status file of the stage included just before the caller (call before appending yourself).
+def patient_file(artifact: str) -> str:
+    return f"{PATIENT_DIR}/{file_name(artifact)}"
 
-    Each stage checks only its predecessor: exclusions propagate along the chain.
-    """
-    return f"{PATIENT_DIR}/{PATIENT_STAGES[-1]}.status.json"
+
+def status_file(stage: str) -> str:
+    return f"{PATIENT_DIR}/{status_name(stage)}"
+
+
+def upstream(stage: str) -> str:
+    """Status record of the stage before `stage` in the chain: exclusions propagate along it."""
+    return f"{PATIENT_DIR}/{upstream_status(stage)}"
+
+
+def stage_log(stage: str) -> str:
+    return f"{RESULTS}/{patient_log(stage, '{center}', '{patient}')}"
+
+
+def validation_metrics(stage: str) -> str:
+    return f"{RESULTS}/{validation_file(stage)}"
+
+
+def stage_files(wildcards, input, output) -> str:
+    """The rule's named inputs and outputs for `ctp-steps run` (keys = the stage's Inputs/Outputs fields)."""
+    named = lambda files: {k: v if isinstance(v, str) else list(v) for k, v in files.items()}
+    return json.dumps({"input": named(input), "output": named(output)})
+
+
+def run_stage(stage: str, implementation: str | None = None) -> str:
+    """The shell command of every per-patient rule (params `files`, and `config` unless an oracle);
+    the implementation is the configured one unless given."""
+    implementation = implementation or configured_implementation(STAGES[stage], CFG.stages)
+    config = "" if implementation == ORACLE else " --config-json {params.config:q}"
+    device = f" --device {CFG.device}" if STAGES[stage].torch and implementation != ORACLE else ""
+    return (
+        f"ctp-steps run {stage} --implementation {implementation} --files {{params.files:q}}{config}{device}"
+        " --threads {threads} --title {wildcards.center}/{wildcards.patient} > {log:q} 2>&1"
+    )
 
 
 # Deep-learning rules request a GPU only when the pipeline runs on CUDA.
@@ -46,8 +80,11 @@ TRAIN_TARGETS: list[str] = []
 
 
 def validation_inputs() -> list[str]:
+    """Per-patient metrics of every active stage that is not an oracle, and the cohort's MBF agreement."""
     if not CFG.uses_synthetic_cohort:
         raise WorkflowError(
             "validate needs the synthetic cohort's ground truth; a user manifest has none"
         )
-    return [f for pattern in VALIDATION_METRICS for f in per_patient(pattern)] + VALIDATION_COHORT_METRICS
+    metrics = [validation_metrics(s.validation) for s, impl in ACTIVE_CHAIN if s.validation and impl != ORACLE]
+    cohort = [f"{RESULTS}/validation/cohort/mbf_segments.parquet"] if "mbf" in CHAIN_STAGES else []
+    return [f for pattern in metrics for f in per_patient(pattern)] + cohort

@@ -1,17 +1,19 @@
-# DICOM folder → 4D NIfTI in HU + frames.json, or a per-patient exclusion reason.
+# Stage `convert` (ctp_steps/conversion.py): DICOM folder → 4D NIfTI in HU + frames.json, or an exclusion reason.
+
 
 rule convert:
     input:
         dicom=lambda wc: DICOM_DIRS[(wc.center, wc.patient)],
     output:
-        series=f"{PATIENT_DIR}/series.nii.gz",
-        frames=f"{PATIENT_DIR}/frames.json",
-        status=f"{PATIENT_DIR}/convert.status.json",
+        series=patient_file("series"),
+        frames=patient_file("frames"),
+        status=status_file("convert"),
     params:
-        min_frames=CFG.conversion.min_frames,
-        code=code_fingerprint("convert"),
+        files=stage_files,
+        config=CFG.conversion.model_dump_json(),
+        code=stage_fingerprint("convert"),
     log:
-        f"{LOGS}/convert/{{center}}/{{patient}}.log",
+        stage_log("convert"),
     resources:
         mem_mb=2000,
         runtime=10,
@@ -20,9 +22,4 @@ rule convert:
     conda:
         "../envs/imaging.yaml"
     shell:
-        "ctp-steps convert --dicom-dir {input.dicom:q} --series {output.series:q}"
-        " --frames {output.frames:q} --status {output.status:q} --min-frames {params.min_frames}"
-        " > {log:q} 2>&1"
-
-
-PATIENT_STAGES.append("convert")
+        run_stage("convert")

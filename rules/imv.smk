@@ -1,24 +1,25 @@
-# Stage `imv`: ischemic myocardial volume from the MBF map (ctp_steps/imv.py): threshold, cluster filter,
+# Stage `imv` (ctp_steps/imv.py): ischemic myocardial volume from the MBF map: threshold, cluster filter,
 # ischemia mask, per-segment table, QC bull's-eye. Its config section is its own, so changing a threshold
 # reruns this stage and what follows only.
 
 
 rule imv:
     input:
-        upstream=previous_stage_status(),
-        mbf=f"{PATIENT_DIR}/mbf.nii.gz",
-        myocardium=f"{PATIENT_DIR}/myocardium.nii.gz",
-        aha=f"{PATIENT_DIR}/aha17.nii.gz",
+        upstream=upstream("imv"),
+        mbf=patient_file("mbf"),
+        myocardium=patient_file("myocardium"),
+        aha=patient_file("aha17"),
     output:
-        ischemia=f"{PATIENT_DIR}/ischemia.nii.gz",
-        segments=f"{PATIENT_DIR}/segments_imv.parquet",
-        qc=f"{PATIENT_DIR}/imv_qc.png",
-        status=f"{PATIENT_DIR}/imv.status.json",
+        ischemia=patient_file("ischemia"),
+        segments=patient_file("segments_imv"),
+        qc=patient_file("imv_qc"),
+        status=status_file("imv"),
     params:
+        files=stage_files,
         config=CFG.imv.model_dump_json(),
-        code=code_fingerprint("imv"),
+        code=stage_fingerprint("imv"),
     log:
-        f"{LOGS}/imv/{{center}}/{{patient}}.log",
+        stage_log("imv"),
     resources:
         mem_mb=2000,
         runtime=10,
@@ -28,26 +29,20 @@ rule imv:
     conda:
         "../envs/imaging.yaml"
     shell:
-        "ctp-steps imv --mbf {input.mbf:q} --myocardium {input.myocardium:q} --aha {input.aha:q}"
-        " --upstream {input.upstream:q} --config-json {params.config:q} --ischemia {output.ischemia:q}"
-        " --segments {output.segments:q} --qc {output.qc:q} --status {output.status:q} > {log:q} 2>&1"
-
-
-PATIENT_STAGES.append("imv")
-VALIDATION_METRICS.append(f"{RESULTS}/validation/patients/{{center}}/{{patient}}/imv.parquet")
+        run_stage("imv")
 
 
 rule validate_imv:
     input:
-        truth=f"{SYNTHETIC_DIR}/truth/{{center}}/{{patient}}/truth.json",
-        ischemia=f"{PATIENT_DIR}/ischemia.nii.gz",
-        mbf_raw=f"{PATIENT_DIR}/mbf_raw.nii.gz",
-        myocardium=f"{PATIENT_DIR}/myocardium.nii.gz",
-        aha=f"{PATIENT_DIR}/aha17.nii.gz",
-        register=f"{PATIENT_DIR}/register.status.json",
-        status=f"{PATIENT_DIR}/imv.status.json",
+        truth=TRUTH,
+        ischemia=patient_file("ischemia"),
+        mbf_raw=patient_file("mbf_raw"),
+        myocardium=patient_file("myocardium"),
+        aha=patient_file("aha17"),
+        register=status_file("register"),
+        status=status_file("imv"),
     output:
-        f"{RESULTS}/validation/patients/{{center}}/{{patient}}/imv.parquet",
+        validation_metrics("imv"),
     params:
         config=CFG.imv.model_dump_json(),
         truth_dir=lambda wc, input: str(Path(input.truth).parent),

@@ -1,27 +1,26 @@
 # Stage `landmarks` (config `stages.landmarks: heatmap`): the landmark heatmap net on the LV crop of the
 # registered average → apex, mitral-valve centre (base), anterior RV insertion in world mm with
-# confidences, and the AHA 17-segment map of the myocardium (ctp_steps/landmarks, ctp_steps/aha.py).
+# confidences, and the AHA 17-segment map of the myocardium (ctp_steps/landmarks/stage.py, ctp_steps/aha.py).
 from ctp_steps.models import weights_path
 
 
 rule landmarks:
     input:
-        upstream=previous_stage_status(),
-        average=f"{PATIENT_DIR}/average.nii.gz",
-        myocardium=f"{PATIENT_DIR}/myocardium.nii.gz",
+        upstream=upstream("landmarks"),
+        average=patient_file("average"),
+        myocardium=patient_file("myocardium"),
         weights=weights_path(CFG.landmarks.model),
     output:
-        landmarks=f"{PATIENT_DIR}/landmarks.json",
-        aha=f"{PATIENT_DIR}/aha17.nii.gz",
-        png=f"{PATIENT_DIR}/landmarks.png",
-        status=f"{PATIENT_DIR}/landmarks.status.json",
+        landmarks=patient_file("landmarks"),
+        aha=patient_file("aha17"),
+        png=patient_file("landmarks_qc"),
+        status=status_file("landmarks"),
     params:
+        files=stage_files,
         config=CFG.landmarks.model_dump_json(exclude={"training"}),
-        model=CFG.landmarks.model,
-        device=CFG.device,
-        code=code_fingerprint("landmarks"),
+        code=stage_fingerprint("landmarks"),
     log:
-        f"{LOGS}/landmarks/{{center}}/{{patient}}.log",
+        stage_log("landmarks"),
     resources:
         mem_mb=2000,
         runtime=10,
@@ -32,26 +31,18 @@ rule landmarks:
     conda:
         "../envs/imaging.yaml"
     shell:
-        "ctp-steps landmarks --average {input.average:q} --myocardium {input.myocardium:q}"
-        " --upstream {input.upstream:q} --landmarks {output.landmarks:q} --aha {output.aha:q}"
-        " --png {output.png:q} --status {output.status:q} --model {params.model:q}"
-        " --config-json {params.config:q} --device {params.device} --title '{wildcards.center}/{wildcards.patient}'"
-        " > {log:q} 2>&1"
-
-
-PATIENT_STAGES.append("landmarks")
-VALIDATION_METRICS.append(f"{RESULTS}/validation/patients/{{center}}/{{patient}}/landmarks.parquet")
+        run_stage("landmarks")
 
 
 rule validate_landmarks:
     input:
-        truth=f"{SYNTHETIC_DIR}/truth/{{center}}/{{patient}}/truth.json",
-        landmarks=f"{PATIENT_DIR}/landmarks.json",
-        aha=f"{PATIENT_DIR}/aha17.nii.gz",
-        status=f"{PATIENT_DIR}/landmarks.status.json",
-        register_status=f"{PATIENT_DIR}/register.status.json",  # its record may name the reference frame
+        truth=TRUTH,
+        landmarks=patient_file("landmarks"),
+        aha=patient_file("aha17"),
+        status=status_file("landmarks"),
+        register_status=status_file("register"),  # its record may name the reference frame
     output:
-        f"{RESULTS}/validation/patients/{{center}}/{{patient}}/landmarks.parquet",
+        validation_metrics("landmarks"),
     params:
         truth_dir=lambda wc, input: str(Path(input.truth).parent),
         code=code_fingerprint("validate-landmarks"),

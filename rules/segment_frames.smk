@@ -1,31 +1,28 @@
 # Stage `segment_frames` (config `stages.segment_frames: vbnet`): VB-Net aorta (1) + LV blood pool (2) on every
-# frame of the unregistered series → frame_masks.nii.gz (4D uint8), and the arterial input function (mean HU in
-# the eroded aorta per frame) → aif.parquet (frame, time_s, hu, enhancement_hu). ctp_steps/segmentation.
+# frame of the unregistered series → frame masks (4D uint8), and the arterial input function (mean HU in
+# the eroded aorta per frame: frame, time_s, hu, enhancement_hu). ctp_steps/segmentation/segment_frames.py.
 from ctp_steps.models import weights_path
 
-SEGMENTATION_INFERENCE_CODE = code_fingerprint("segment-frames")
 # Only the inference settings: new training settings do not rerun the cohort (new weights do).
 SEGMENTATION_INFERENCE_CONFIG = CFG.segmentation.model_dump_json(exclude={"network", "training"})
 
 
 rule segment_frames:
     input:
-        upstream=previous_stage_status(),
-        series=f"{PATIENT_DIR}/series.nii.gz",
-        frames=f"{PATIENT_DIR}/frames.json",
+        upstream=upstream("segment_frames"),
+        series=patient_file("series"),
+        frames=patient_file("frames"),
         weights=weights_path(CFG.segmentation.frames_model),
     output:
-        frame_masks=f"{PATIENT_DIR}/frame_masks.nii.gz",
-        aif=f"{PATIENT_DIR}/aif.parquet",
-        status=f"{PATIENT_DIR}/segment_frames.status.json",
+        frame_masks=patient_file("frame_masks"),
+        aif=patient_file("aif"),
+        status=status_file("segment_frames"),
     params:
-        out_dir=lambda wc, output: str(Path(output.status).parent),
-        model=CFG.segmentation.frames_model,
+        files=stage_files,
         config=SEGMENTATION_INFERENCE_CONFIG,
-        device=CFG.device,
-        code=SEGMENTATION_INFERENCE_CODE,
+        code=stage_fingerprint("segment_frames"),
     log:
-        f"{LOGS}/segment_frames/{{center}}/{{patient}}.log",
+        stage_log("segment_frames"),
     resources:
         mem_mb=3000,
         runtime=20,
@@ -36,24 +33,17 @@ rule segment_frames:
     conda:
         "../envs/imaging.yaml"
     shell:
-        "ctp-steps segment-frames --series {input.series:q} --frames {input.frames:q}"
-        " --weights {input.weights:q} --model {params.model:q} --device {params.device}"
-        " --upstream {input.upstream:q} --out-dir {params.out_dir:q} --config-json {params.config:q}"
-        " > {log:q} 2>&1"
-
-
-PATIENT_STAGES.append("segment_frames")
-VALIDATION_METRICS.append(f"{RESULTS}/validation/patients/{{center}}/{{patient}}/segment_frames.parquet")
+        run_stage("segment_frames")
 
 
 rule validate_segment_frames:
     input:
-        truth=f"{SYNTHETIC_DIR}/truth/{{center}}/{{patient}}/truth.json",
-        masks=f"{PATIENT_DIR}/frame_masks.nii.gz",
-        aif=f"{PATIENT_DIR}/aif.parquet",
-        status=f"{PATIENT_DIR}/segment_frames.status.json",
+        truth=TRUTH,
+        masks=patient_file("frame_masks"),
+        aif=patient_file("aif"),
+        status=status_file("segment_frames"),
     output:
-        f"{RESULTS}/validation/patients/{{center}}/{{patient}}/segment_frames.parquet",
+        validation_metrics("segment_frames"),
     params:
         truth_dir=lambda wc, input: str(Path(input.truth).parent),
         code=code_fingerprint("validate-segmentation"),

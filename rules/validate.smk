@@ -1,17 +1,14 @@
 # `snakemake validate`: every stage's outputs vs the phantom's hidden truth.
 # Only these rules read the truth folder.
 
-VALIDATION_METRICS.append(f"{RESULTS}/validation/patients/{{center}}/{{patient}}/conversion.parquet")
-
-
 rule validate_conversion:
     input:
-        truth=f"{SYNTHETIC_DIR}/truth/{{center}}/{{patient}}/truth.json",
-        series=f"{PATIENT_DIR}/series.nii.gz",
-        frames=f"{PATIENT_DIR}/frames.json",
-        status=f"{PATIENT_DIR}/convert.status.json",
+        truth=TRUTH,
+        series=patient_file("series"),
+        frames=patient_file("frames"),
+        status=status_file("convert"),
     output:
-        f"{RESULTS}/validation/patients/{{center}}/{{patient}}/conversion.parquet",
+        validation_metrics("conversion"),
     params:
         phantom=CFG.synthetic.phantom.model_dump_json(),
         truth_dir=lambda wc, input: str(Path(input.truth).parent),

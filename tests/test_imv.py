@@ -3,6 +3,8 @@ the stage on files, and its validation metrics against a known truth."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -86,12 +88,15 @@ def _write_patient(folder, mbf, myo, aha):
 def _run_cli(folder, cfg: IMVConfig) -> None:
     from ctp_steps.cli import main
 
-    args = ["imv", "--upstream", str(folder / "mbf.status.json"), "--config-json", cfg.model_dump_json()]
-    for flag, name in (("mbf", "mbf.nii.gz"), ("myocardium", "myocardium.nii.gz"), ("aha", "aha17.nii.gz"),
-                       ("ischemia", "ischemia.nii.gz"), ("segments", "segments_imv.parquet"),
-                       ("qc", "imv_qc.png"), ("status", "imv.status.json")):
-        args += [f"--{flag}", str(folder / name)]
-    main(args)
+    files = {
+        "input": {"upstream": "mbf.status.json", "mbf": "mbf.nii.gz", "myocardium": "myocardium.nii.gz",
+                  "aha": "aha17.nii.gz"},
+        "output": {"ischemia": "ischemia.nii.gz", "segments": "segments_imv.parquet", "qc": "imv_qc.png",
+                   "status": "imv.status.json"},
+    }
+    files = {side: {k: str(folder / v) for k, v in named.items()} for side, named in files.items()}
+    main(["run", "imv", "--implementation", "threshold", "--files", json.dumps(files),
+          "--config-json", cfg.model_dump_json()])
 
 
 IMV_RECORD_KEYS = {

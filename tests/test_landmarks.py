@@ -128,13 +128,17 @@ def test_train_loop_checkpoint_and_stage_outputs(tiny_cases, tmp_path):
     )
 
     def run(config: LandmarkConfig, myocardium: str = "myocardium.nii.gz") -> dict:
+        files = {
+            "input": {"upstream": patient / "segment_myocardium.status.json", "average": patient / "average.nii.gz",
+                      "myocardium": patient / myocardium, "weights": models / "lm.pt"},
+            "output": {"landmarks": patient / "landmarks.json", "aha": patient / "aha17.nii.gz",
+                       "png": patient / "landmarks.png", "status": patient / "landmarks.status.json"},
+        }
         main([
-            "landmarks", "--average", str(patient / "average.nii.gz"), "--myocardium", str(patient / myocardium),
-            "--upstream", str(patient / "segment_myocardium.status.json"),
-            "--landmarks", str(patient / "landmarks.json"), "--aha", str(patient / "aha17.nii.gz"),
-            "--png", str(patient / "landmarks.png"), "--status", str(patient / "landmarks.status.json"),
-            "--model", "lm", "--manifest", str(models / "manifest.json"), "--device", "cpu",
-            "--config-json", config.model_dump_json(exclude={"training"}),
+            "run", "landmarks", "--implementation", "heatmap", "--device", "cpu",
+            "--files", json.dumps({side: {k: str(v) for k, v in named.items()} for side, named in files.items()}),
+            "--models-manifest", str(models / "manifest.json"),
+            "--config-json", config.model_copy(update={"model": "lm"}).model_dump_json(exclude={"training"}),
         ])
         return read_json(patient / "landmarks.status.json")
 

@@ -309,13 +309,18 @@ def write_patient(folder: Path, inputs: PerfusionInputs, aif: np.ndarray) -> Non
 def run_cli(folder: Path, cfg: MBFConfig) -> None:
     from ctp_steps.cli import main
 
-    args = ["mbf", "--upstream", str(folder / "landmarks.status.json"), "--config-json", cfg.model_dump_json()]
-    for flag, name in (("frames", "frames.json"), ("series", "registered.nii.gz"), ("myocardium", "myocardium.nii.gz"),
-                       ("aha", "aha17.nii.gz"), ("aif", "aif.parquet"), ("mbf", "mbf.nii.gz"),
-                       ("mbf-raw", "mbf_raw.nii.gz"), ("tac", "tac.parquet"), ("segments", "segments_mbf.parquet"),
-                       ("qc", "mbf_qc.png"), ("status", "mbf.status.json"), ("blood-volume", "blood_volume.nii.gz")):
-        args += [f"--{flag}", str(folder / name)]
-    main(args)
+    files = {
+        "input": {"upstream": "landmarks.status.json", "frames": "frames.json", "series": "registered.nii.gz",
+                  "myocardium": "myocardium.nii.gz", "aha": "aha17.nii.gz", "aif": "aif.parquet"},
+        "output": {"mbf": "mbf.nii.gz", "mbf_raw": "mbf_raw.nii.gz", "tac": "tac.parquet",
+                   "segments": "segments_mbf.parquet", "qc": "mbf_qc.png", "status": "mbf.status.json",
+                   "blood_volume": "blood_volume.nii.gz"},
+    }
+    if not cfg.writes_blood_volume:
+        del files["output"]["blood_volume"]
+    files = {side: {k: str(folder / v) for k, v in named.items()} for side, named in files.items()}
+    main(["run", "mbf", "--implementation", "fit", "--files", json.dumps(files), "--config-json", cfg.model_dump_json(),
+          "--device", "cpu"])
 
 
 MBF_RECORD_KEYS = {

@@ -158,9 +158,15 @@ def _write_inputs(patient, folder: Path, masks: np.ndarray | None = None) -> tup
 def _run_cli(folder: Path, method: str, weights: Path | None = None, config: dict | None = None) -> dict:
     from ctp_steps.cli import main
 
-    argv = ["register", "--method", method, "--series", str(folder / "series.nii.gz"),
-            "--frame-masks", str(folder / "frame_masks.nii.gz"), "--upstream", str(folder / "segment_frames.status.json"),
-            "--out-dir", str(folder), "--device", "cpu", "--config-json", json.dumps(config or {})]
+    files = {
+        "input": {"upstream": folder / "segment_frames.status.json", "series": folder / "series.nii.gz",
+                  "frame_masks": folder / "frame_masks.nii.gz"},
+        "output": {"registered": folder / "registered.nii.gz", "average": folder / "average.nii.gz",
+                   "fields": folder / "displacement_mm.nii.gz", "masks": folder / "registered_masks.nii.gz",
+                   "qc": folder / "registration_qc.json", "status": folder / "register.status.json"},
+    }
+    argv = ["run", "register", "--implementation", method, "--device", "cpu", "--config-json", json.dumps(config or {}),
+            "--files", json.dumps({side: {k: str(v) for k, v in named.items()} for side, named in files.items()})]
     if weights is not None:
         import shutil
 
@@ -169,7 +175,7 @@ def _run_cli(folder: Path, method: str, weights: Path | None = None, config: dic
         manifest = folder / "manifest.json"
         shutil.copyfile(weights, folder / "regnet.pt")
         register_model("regnet", folder / "regnet.pt", {}, manifest)
-        argv += ["--manifest", str(manifest)]
+        argv += ["--models-manifest", str(manifest)]
     main(argv)
     return json.loads((folder / "register.status.json").read_text())
 

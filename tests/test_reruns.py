@@ -238,19 +238,25 @@ def assert_stage_and_downstream(plan: list[PlannedJob], expected: list[PlannedJo
 
 # ------------------------------------------------------------------ stage code → rules
 _FINGERPRINT_CALL = re.compile(r"code_fingerprint\(\s*[\"']([^\"']+)[\"']\s*\)")
+# a per-patient stage's `stage_fingerprint("<stage>")` or `stage_fingerprint("<stage>", "oracle")`
+_STAGE_FINGERPRINT_CALL = re.compile(r"stage_fingerprint\(\s*[\"'](\w+)[\"']\s*(?:,\s*[\"'](\w+)[\"']\s*)?\)")
 
 
 def fingerprinted_sources() -> dict[str, set[str]]:
-    """rule name → package files its `code_fingerprint("<subcommand>")` hashes (the import closure).
+    """rule name → package files its `code_fingerprint("<subcommand>")` or `stage_fingerprint("<stage>"[, impl])`
+    hashes (the import closure).
 
     Handles the call inside the rule and a module-level `NAME = code_fingerprint(...)`
     used by the rule. A rule name defined in several .smk files (one per stage method)
     gets the union.
     """
-    from ctp_steps.fingerprints import PACKAGE_DIR, command_sources
+    from ctp_steps.fingerprints import PACKAGE_DIR, command_sources, stage_sources
 
     def files(subcommand: str) -> set[str]:
         return {p.relative_to(PACKAGE_DIR).as_posix() for p in command_sources(subcommand)}
+
+    def stage_files(stage: str, implementation: str) -> set[str]:
+        return {p.relative_to(PACKAGE_DIR).as_posix() for p in stage_sources(stage, implementation or None)}
 
     texts = {smk: smk.read_text() for smk in sorted((REPO / "rules").rglob("*.smk"))}
     variables: dict[str, set[str]] = {}
@@ -264,6 +270,8 @@ def fingerprinted_sources() -> dict[str, set[str]]:
             sources = out.setdefault(name, set())
             for subcommand in _FINGERPRINT_CALL.findall(body):
                 sources |= files(subcommand)
+            for stage, implementation in _STAGE_FINGERPRINT_CALL.findall(body):
+                sources |= stage_files(stage, implementation)
             for var, var_sources in variables.items():
                 if re.search(rf"\b{var}\b", body):
                     sources |= var_sources

@@ -17,7 +17,8 @@ from ctp_steps.segmentation.aif import aif_record, aorta_aif
 from ctp_steps.segmentation.config import PUBLISHED_WIDTHS, SegmentationConfig
 from ctp_steps.segmentation.infer import load_model, predict
 from ctp_steps.segmentation.postprocess import clean_labels, largest_component
-from ctp_steps.segmentation.stage import segment_frames, segment_myocardium
+from ctp_steps.segmentation import segment_frames, segment_myocardium
+from ctp_steps.stages import Context
 from ctp_steps.segmentation.vbnet import VBNet, load_checkpoint, parameter_count, save_checkpoint
 from ctp_steps.types import Geometry, PatientInputError
 
@@ -183,20 +184,27 @@ def _tiny_patient(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "series.nii.gz", tmp_path / "frames.json"
 
 
+def _frames_outputs(folder):
+    return segment_frames.Outputs(frame_masks=folder / "frame_masks.nii.gz", aif=folder / "aif.parquet",
+                                  status=folder / "segment_frames.status.json")
+
+
 def test_checksum_mismatch_and_missing_weights_name_the_file(tmp_path):
     models = tmp_path / "models"
     path = _ship_tiny(models, "vbnet_frames", VBNet(1, 3, NARROW))
     series, frames = _tiny_patient(tmp_path)
     manifest = models / "manifest.json"
-    cfg = SegmentationConfig()
+    cfg, ctx = SegmentationConfig(), Context("vbnet", "cpu", models_manifest=manifest)
+    inputs = segment_frames.Inputs(series=series, frames=frames, weights=path)
+    outputs = _frames_outputs(tmp_path)
     path.write_bytes(path.read_bytes() + b"x")
     with pytest.raises(ModelError, match=r"vbnet_frames\.pt has sha256"):
-        segment_frames(series, frames, path, "vbnet_frames", cfg, "cpu", tmp_path, manifest)
+        segment_frames.run(inputs, outputs, cfg, ctx)
     path.unlink()
     with pytest.raises(ModelError, match=r"vbnet_frames\.pt is missing"):
-        segment_frames(series, frames, path, "vbnet_frames", cfg, "cpu", tmp_path, manifest)
+        segment_frames.run(inputs, outputs, cfg, ctx)
     with pytest.raises(ModelError, match="not listed"):
-        segment_frames(series, frames, path, "other", cfg, "cpu", tmp_path, manifest)
+        segment_frames.run(inputs, outputs, SegmentationConfig(frames_model="other"), ctx)
     assert read_manifest(manifest)["vbnet_frames"]["file"] == "vbnet_frames.pt"
 
 
@@ -207,18 +215,25 @@ def test_empty_masks_exclude_the_patient_with_a_reason(tmp_path):
     series, frames = _tiny_patient(tmp_path)
     upstream = tmp_path / "convert.status.json"
     write_json(upstream, {"stage": "convert", "status": "ok", "reason": None, "record": {}})
-    cfg, manifest = SegmentationConfig(), models / "manifest.json"
-    status = tmp_path / "segment_frames.status.json"
+    cfg, ctx = SegmentationConfig(), Context("vbnet", "cpu", models_manifest=models / "manifest.json")
+    outputs = _frames_outputs(tmp_path)
+    status = outputs.status
+    inputs = segment_frames.Inputs(upstream=upstream, series=series, frames=frames, weights=frames_w)
     run_patient_stage(
-        "segment_frames", status, [tmp_path / "frame_masks.nii.gz", tmp_path / "aif.parquet"], [upstream],
-        lambda: segment_frames(series, frames, frames_w, "vbnet_frames", cfg, "cpu", tmp_path, manifest),
+        "segment_frames", status, outputs.files(), [upstream],
+        lambda: segment_frames.run(inputs, outputs, cfg, ctx),
     )
     record = read_json(status)
     assert record["status"] == "excluded"
     assert "implausible aorta mask in frame 0: empty" in record["reason"] and "series.nii.gz" in record["reason"]
     write_volume(tmp_path / "average.nii.gz", np.full((16, 40, 40), 40.0, dtype=np.float32), GEOMETRY)
     with pytest.raises(PatientInputError, match="implausible myocardium mask: empty"):
-        segment_myocardium(tmp_path / "average.nii.gz", myo_w, "vbnet_myocardium", cfg, "cpu", tmp_path, manifest)
+        segment_myocardium.run(
+            segment_myocardium.Inputs(average=tmp_path / "average.nii.gz", weights=myo_w),
+            segment_myocardium.Outputs(myocardium=tmp_path / "myocardium.nii.gz",
+                                       status=tmp_path / "segment_myocardium.status.json"),
+            cfg, ctx,
+        )
 
 
 def test_implausible_volume_is_an_input_failure():

@@ -1,4 +1,4 @@
-"""Subcommands of the landmark stage: per-patient detection + AHA map, training data, training, shipping, validation."""
+"""Subcommands of the landmark net: training data, training, shipping, validation (the stage: `ctp-steps run landmarks`)."""
 
 from __future__ import annotations
 
@@ -7,40 +7,13 @@ import json
 import logging
 from pathlib import Path
 
-from ctp_steps.cli import run_patient_stage
-
 log = logging.getLogger("ctp_steps")
-
-
-def _config(text: str | None):
-    from ctp_steps.landmarks.config import LandmarkConfig
-
-    return LandmarkConfig.model_validate_json(text) if text else LandmarkConfig()
 
 
 def _training_config(text: str | None):
     from ctp_steps.landmarks.config import LandmarkTrainingConfig
 
     return LandmarkTrainingConfig.model_validate_json(text) if text else LandmarkTrainingConfig()
-
-
-def _landmarks(args: argparse.Namespace) -> None:
-    out_json, out_aha, status = Path(args.landmarks), Path(args.aha), Path(args.status)
-    out_png = Path(args.png) if args.png else None
-
-    def work() -> dict:
-        from ctp_steps.landmarks.stage import run_landmarks
-        from ctp_steps.models import MANIFEST, verified_weights
-
-        manifest = Path(args.manifest) if args.manifest else MANIFEST
-        weights = verified_weights(args.model, manifest)
-        return run_landmarks(
-            Path(args.average), Path(args.myocardium), weights, _config(args.config_json), args.device,
-            out_json, out_aha, out_png, title=args.title or "",
-        )
-
-    outputs = [out_json, out_aha] + ([out_png] if out_png else [])
-    run_patient_stage("landmarks", status, outputs, [Path(u) for u in args.upstream], work)
 
 
 def _data(args: argparse.Namespace) -> None:
@@ -128,21 +101,6 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("landmarks", help="LV landmarks (heatmap net) and the AHA 17-segment map of one patient")
-    p.add_argument("--average", required=True, help="registered average image (NIfTI)")
-    p.add_argument("--myocardium", required=True, help="myocardium mask on the average's grid (NIfTI)")
-    p.add_argument("--upstream", action="append", default=[], help="status file of the previous stage")
-    p.add_argument("--landmarks", required=True, help="output landmarks.json")
-    p.add_argument("--aha", required=True, help="output aha17.nii.gz")
-    p.add_argument("--png", help="output QC figure")
-    p.add_argument("--status", required=True)
-    p.add_argument("--model", default="landmark_net", help="model name in the manifest")
-    p.add_argument("--manifest", help="models manifest (default: the shipped models/manifest.json)")
-    p.add_argument("--config-json", help="LandmarkConfig as JSON (default: its defaults)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--title", help="figure title")
-    p.set_defaults(func=_landmarks)
-
     p = sub.add_parser("landmarks-data", help="phantom cases for landmark-net training / validation (<case>.npz)")
     p.add_argument("--cases", nargs="+", required=True, help="case ids of the training plan (T0001, V0001, ...)")
     p.add_argument("--config-json", help="LandmarkTrainingConfig as JSON")

@@ -1,4 +1,4 @@
-"""Subcommands of the registration stage: per-patient registration, training data, training, shipping, validation."""
+"""Subcommands of the registration net: training data, training, shipping, validation (the stage: `ctp-steps run register`)."""
 
 from __future__ import annotations
 
@@ -8,46 +8,12 @@ import logging
 import shutil
 from pathlib import Path
 
-from ctp_steps.cli import run_patient_stage
-
 log = logging.getLogger("ctp_steps")
-
-# per-patient outputs (file names inside the patient folder), written by ctp_steps.registration.stage
-STAGE_OUTPUTS = (
-    "registered.nii.gz",
-    "average.nii.gz",
-    "displacement_mm.nii.gz",
-    "registered_masks.nii.gz",
-    "registration_qc.json",
-)
-
 
 def _config(text: str | None):
     from ctp_steps.registration.config import RegistrationConfig
 
     return RegistrationConfig.model_validate_json(text) if text else RegistrationConfig()
-
-
-def _register(args: argparse.Namespace) -> None:
-    out_dir = Path(args.out_dir)
-
-    def work() -> dict:
-        from ctp_steps.registration.stage import register_patient
-
-        weights = None
-        if args.method == "learned":
-            from ctp_steps.models import MANIFEST, verified_weights
-
-            weights = verified_weights(args.model, Path(args.manifest) if args.manifest else MANIFEST)
-        return register_patient(
-            Path(args.series), Path(args.frame_masks), out_dir, args.method, _config(args.config_json),
-            args.device, weights, threads=args.threads,
-        )
-
-    run_patient_stage(
-        "register", out_dir / "register.status.json", [out_dir / o for o in STAGE_OUTPUTS],
-        [Path(u) for u in args.upstream], work,
-    )
 
 
 def _data(args: argparse.Namespace) -> None:
@@ -116,19 +82,6 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("register", help="align every frame to the reference frame around the LV")
-    p.add_argument("--series", required=True)
-    p.add_argument("--frame-masks", required=True, help="4D uint8: 1 aorta, 2 LV blood pool per frame")
-    p.add_argument("--upstream", nargs="+", required=True, help="status files of the previous stages")
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--method", choices=("learned", "simpleitk", "none"), default="learned")
-    p.add_argument("--model", default="regnet", help="models/manifest.json entry (learned)")
-    p.add_argument("--manifest", help="model manifest (default: the project's models/manifest.json)")
-    p.add_argument("--config-json", help="RegistrationConfig as JSON")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=1)
-    p.set_defaults(func=_register)
-
     p = sub.add_parser("register-data", help="LV-box crops of train/validation phantoms for the registration net")
     p.add_argument("--role", choices=("train", "validation"), required=True)
     p.add_argument("--config-json")

@@ -1,4 +1,4 @@
-"""Subcommands of the segmentation stages: inference per patient, validation, training data, training, shipping."""
+"""Subcommands of the segmentation nets: validation, training data, training, shipping (the stages: `ctp-steps run segment_frames|segment_myocardium`)."""
 
 from __future__ import annotations
 
@@ -6,43 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from ctp_steps.cli import run_patient_stage
-
 
 def _config(args: argparse.Namespace):
     from ctp_steps.segmentation.config import SegmentationConfig
 
     return SegmentationConfig.model_validate_json(args.config_json) if args.config_json else SegmentationConfig()
-
-
-def _segment_frames(args: argparse.Namespace) -> None:
-    out = Path(args.out_dir)
-
-    def work() -> dict:
-        from ctp_steps.segmentation.stage import segment_frames
-
-        return segment_frames(
-            Path(args.series), Path(args.frames), Path(args.weights), args.model, _config(args), args.device, out
-        )
-
-    run_patient_stage(
-        "segment_frames", out / "segment_frames.status.json",
-        [out / "frame_masks.nii.gz", out / "aif.parquet"], [Path(args.upstream)], work,
-    )
-
-
-def _segment_myocardium(args: argparse.Namespace) -> None:
-    out = Path(args.out_dir)
-
-    def work() -> dict:
-        from ctp_steps.segmentation.stage import segment_myocardium
-
-        return segment_myocardium(Path(args.average), Path(args.weights), args.model, _config(args), args.device, out)
-
-    run_patient_stage(
-        "segment_myocardium", out / "segment_myocardium.status.json",
-        [out / "myocardium.nii.gz"], [Path(args.upstream)], work,
-    )
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -95,27 +63,6 @@ def _ship(args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config-json", default="", help="the `segmentation` config section as JSON")
-
-    p = sub.add_parser("segment-frames", help="VB-Net aorta + LV blood pool on every frame, and the AIF")
-    p.add_argument("--series", required=True)
-    p.add_argument("--frames", required=True)
-    p.add_argument("--weights", required=True, help="weights file (checked against models/manifest.json)")
-    p.add_argument("--model", required=True, help="its name in models/manifest.json")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--upstream", required=True, help="status file of the previous stage")
-    p.add_argument("--out-dir", required=True)
-    common(p)
-    p.set_defaults(func=_segment_frames)
-
-    p = sub.add_parser("segment-myocardium", help="VB-Net myocardium on the registered average")
-    p.add_argument("--average", required=True)
-    p.add_argument("--weights", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--upstream", required=True)
-    p.add_argument("--out-dir", required=True)
-    common(p)
-    p.set_defaults(func=_segment_myocardium)
 
     p = sub.add_parser("validate-segmentation", help="segmentation outputs vs the phantom's truth")
     p.add_argument("what", choices=["frames", "myocardium"])

@@ -15,6 +15,13 @@ def _conversion(args: argparse.Namespace) -> None:
     write_metrics(rows, Path(args.out))
 
 
+def _imv(args: argparse.Namespace) -> None:
+    from ctp_steps.mbf_validation import imv_patient_metrics
+    from ctp_steps.validate import write_metrics
+
+    write_metrics(imv_patient_metrics(Path(args.truth_dir), Path(args.patient_dir), args.config_json), Path(args.out))
+
+
 def _summary(args: argparse.Namespace) -> None:
     from ctp_steps.validate import summarize_metrics
 
@@ -30,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--params-json", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=_conversion)
+
+    p = sub.add_parser("validate-imv", help="IMV and ischemic region vs the phantom's truth (one patient)")
+    for name in ("truth-dir", "patient-dir", "config-json", "out"):
+        p.add_argument(f"--{name}", required=True)
+    p.set_defaults(func=_imv)
 
     p = sub.add_parser("validation-summary", help="per-patient metrics → summary.parquet")
     p.add_argument("--inputs", nargs="+", required=True)

@@ -1,4 +1,6 @@
-"""The per-patient landmark stage: landmarks.json, aha17.nii.gz and a QC PNG from the average and the myocardium.
+"""The per-patient landmark stage: landmarks, the AHA 17-segment map and a QC PNG from the average and the myocardium.
+
+Contract (ctp_steps/stages.py): `Inputs`, `Outputs` (the keys of rules/landmarks.smk), `Config`, `run`.
 
 Known per-patient problems raise PatientInputError (the patient is excluded
 with the reason): an empty myocardium mask, a landmark whose confidence is
@@ -10,6 +12,7 @@ long axis, or an RV insertion on the long axis. The AHA map is built by
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ import numpy as np
 from ctp_steps.aha import aha_segment_map, long_axis_frame
 from ctp_steps.io import read_volume, write_json, write_volume
 from ctp_steps.landmarks.config import LandmarkConfig
+from ctp_steps.stages import Context, PatientInputs, PatientOutputs
 from ctp_steps.types import PatientInputError
 
 log = logging.getLogger(__name__)
@@ -45,22 +49,31 @@ def check_detection(names, world_mm: np.ndarray, confidence: np.ndarray, cfg: La
         raise PatientInputError(f"{source}: landmark rv_insertion unusable ({exc})") from None
 
 
-def run_landmarks(
-    average_path: Path,
-    myocardium_path: Path,
-    weights: Path,
-    cfg: LandmarkConfig,
-    device: str,
-    out_json: Path,
-    out_aha: Path,
-    out_png: Path | None = None,
-    title: str = "",
-) -> dict:
-    """Detect, check, write the outputs; return the record for patients.parquet."""
-    from ctp_steps.devices import resolve_device
-    from ctp_steps.landmarks.infer import LandmarkDetector
-    from ctp_steps.models import sha256_of
+Config = LandmarkConfig
 
+
+@dataclass(frozen=True, kw_only=True)
+class Inputs(PatientInputs):
+    average: Path  # the registered average
+    myocardium: Path  # its myocardium mask
+    weights: Path  # the landmark net (checked against the models manifest)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outputs(PatientOutputs):
+    landmarks: Path
+    aha: Path
+    png: Path
+
+
+def run(inputs: Inputs, outputs: Outputs, cfg: LandmarkConfig, ctx: Context) -> dict:
+    """Detect, check, write the outputs; return the record for patients.parquet."""
+    from ctp_steps.landmarks.figure import plot_landmarks
+    from ctp_steps.landmarks.infer import LandmarkDetector
+    from ctp_steps.models import MANIFEST, sha256_of, verified_weights
+
+    average_path, myocardium_path = inputs.average, inputs.myocardium
+    weights = verified_weights(cfg.model, ctx.models_manifest or MANIFEST)
     image, geometry = read_volume(average_path)
     mask, mask_geometry = read_volume(myocardium_path)
     if mask.shape != image.shape or not mask_geometry.allclose(geometry):
@@ -71,18 +84,15 @@ def run_landmarks(
             f"{myocardium_path.name}: myocardium mask has {np.count_nonzero(mask)} voxels "
             f"(< {MIN_MYOCARDIUM_VOXELS}), no LV to find landmarks in"
         )
-    detector = LandmarkDetector.from_checkpoint(weights, resolve_device(device))
+    detector = LandmarkDetector.from_checkpoint(weights, ctx.device)
     det = detector.detect(image.astype(np.float32), mask, geometry)
     log.info("landmarks: %s", det.as_json())
     check_detection(det.names, det.world_mm, det.confidence, cfg, average_path.name)
     lm = dict(zip(det.names, det.world_mm))
     aha = aha_segment_map(mask, geometry, lm["apex"], lm["base"], lm["rv_insertion"], cfg.apex_cap_fraction)
-    write_json(out_json, det.as_json())
-    write_volume(out_aha, aha.astype(np.uint8), geometry)
-    if out_png is not None:
-        from ctp_steps.landmarks.figure import plot_landmarks
-
-        plot_landmarks(image, mask, geometry, det.as_json(), out_png, title=title)
+    write_json(outputs.landmarks, det.as_json())
+    write_volume(outputs.aha, aha.astype(np.uint8), geometry)
+    plot_landmarks(image, mask, geometry, det.as_json(), outputs.png, title=ctx.title)
     record = {
         "landmarks_source": "heatmap",
         "landmarks_model_sha256": sha256_of(weights),

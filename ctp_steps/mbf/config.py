@@ -103,3 +103,8 @@ class MBFConfig(BaseModel):
     regularisation: RegularisationConfig = Field(
         default_factory=RegularisationConfig, description="How mbf.nii.gz is made from noisy voxel curves."
     )
+
+    @property
+    def writes_blood_volume(self) -> bool:
+        """Only the one-compartment model fits a blood volume: its map is an output of `mbf` exactly then."""
+        return self.method == "one_compartment"

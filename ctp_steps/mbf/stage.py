@@ -1,4 +1,7 @@
-"""The MBF stage on files: read the patient's inputs, estimate, write maps, tables, QC figure, record."""
+"""The MBF stage on files: read the patient's inputs, estimate, write maps, tables, QC figure, record.
+
+Contract (ctp_steps/stages.py): `Inputs`, `Outputs` (the keys of rules/mbf.smk), `Config`, `run`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ctp_steps.aha import SEGMENT_TERRITORY, TERRITORY_SEGMENTS
 from ctp_steps.io import read_json, read_series, read_volume, write_parquet, write_volume
@@ -16,36 +18,39 @@ from ctp_steps.mbf.config import MBFConfig
 from ctp_steps.mbf.estimate import MBFEstimate, PerfusionInputs, estimate_mbf
 from ctp_steps.mbf.fit import model_curves
 from ctp_steps.mbf.tac import N_SEGMENTS, read_aif
+from ctp_steps.stages import Context, PatientInputs, PatientOutputs
 from ctp_steps.types import Geometry
+
+Config = MBFConfig
 
 PLOT_DT_S = 0.25
 
 
-@dataclass(frozen=True)
-class MBFInputPaths:
+@dataclass(frozen=True, kw_only=True)
+class Inputs(PatientInputs):
     frames: Path
-    series: Path  # registered.nii.gz
+    series: Path  # the registered frames
     myocardium: Path
-    aha17: Path
+    aha: Path
     aif: Path
 
 
-@dataclass(frozen=True)
-class MBFOutputPaths:
-    mbf: Path
-    mbf_raw: Path
+@dataclass(frozen=True, kw_only=True)
+class Outputs(PatientOutputs):
+    mbf: Path  # the regularised map
+    mbf_raw: Path  # the voxel-wise fit
     tac: Path
     segments: Path
     qc: Path
-    blood_volume: Path | None  # one_compartment only
+    blood_volume: Path | None = None  # exactly when `MBFConfig.writes_blood_volume`
 
 
-def read_inputs(paths: MBFInputPaths) -> PerfusionInputs:
+def read_inputs(paths: Inputs) -> PerfusionInputs:
     """The stage's inputs as arrays; a geometry mismatch between them is a bug upstream (ValueError)."""
     frames = read_json(paths.frames)
     series, geometry = read_series(paths.series)
     myocardium, g_myo = read_volume(paths.myocardium)
-    aha17, g_aha = read_volume(paths.aha17)
+    aha17, g_aha = read_volume(paths.aha)
     for name, g in (("myocardium", g_myo), ("aha17", g_aha)):
         if not g.allclose(geometry):
             raise ValueError(f"{name} geometry differs from {paths.series}")
@@ -131,12 +136,14 @@ def mbf_record(est: MBFEstimate, geometry: Geometry) -> dict:
     return record
 
 
-def run_mbf(inputs: MBFInputPaths, outputs: MBFOutputPaths, cfg: MBFConfig, device: torch.device) -> dict:
+def run(inputs: Inputs, outputs: Outputs, cfg: MBFConfig, ctx: Context) -> dict:
     """Estimate MBF for one patient and write every output; returns the record."""
     from ctp_steps.mbf.plots import mbf_figure
 
+    if cfg.writes_blood_volume != (outputs.blood_volume is not None):
+        raise ValueError(f"the blood volume map is an output exactly for one_compartment (method {cfg.method})")
     data = read_inputs(inputs)
-    est = estimate_mbf(data, cfg, device)
+    est = estimate_mbf(data, cfg, ctx.device)
     write_volume(outputs.mbf, est.volume(est.regularised.mbf), data.geometry)
     write_volume(outputs.mbf_raw, est.volume(est.raw.mbf), data.geometry)
     if outputs.blood_volume is not None:

@@ -1,17 +1,18 @@
 """The `register` stage for one patient: reference frame, LV box, method, fields pasted back, warps, QC, files.
 
-Outputs (in the patient folder):
-  registered.nii.gz        4D float32 HU, every frame resampled onto the reference frame's anatomy
-  average.nii.gz           mean of the registered frames
-  displacement_mm.nii.gz   4D vector field per frame (world mm; reference point p ↦ p + u(p) in that frame)
-  registered_masks.nii.gz  4D uint8 frame masks (1 aorta, 2 LV blood pool) warped the same way
-  registration_qc.json     reference choice, LV box, per-frame QC, summary, timing
+Contract (ctp_steps/stages.py): `Inputs`, `Outputs` (the keys of rules/register.smk), `Config`, `run`. Outputs:
+  registered  4D float32 HU, every frame resampled onto the reference frame's anatomy
+  average     mean of the registered frames
+  fields      4D vector field per frame (world mm; reference point p ↦ p + u(p) in that frame)
+  masks       4D uint8 frame masks (1 aorta, 2 LV blood pool) warped the same way
+  qc          reference choice, LV box, per-frame QC, summary, timing (JSON)
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from ctp_steps.registration.crop import LV_BLOOD, BoxField, box_region, lv_centr
 from ctp_steps.registration.fields import write_fields
 from ctp_steps.registration.reference import choose_reference
 from ctp_steps.registration.warp import crop_geometry, sample_world, world_points
+from ctp_steps.stages import Context, PatientInputs, PatientOutputs
 from ctp_steps.types import Geometry, PatientInputError
 
 log = logging.getLogger(__name__)
@@ -210,30 +212,44 @@ def stage_record(report: dict) -> dict:
     }
 
 
-def register_patient(
-    series_path: Path,
-    masks_path: Path,
-    out_dir: Path,
-    method: str,
-    cfg: RegistrationConfig,
-    device_name: str,
-    weights: Path | None,
-    threads: int = 1,
-) -> dict:
-    """Read, register, check, write; returns the record for patients.parquet."""
-    from ctp_steps.devices import resolve_device
+Config = RegistrationConfig
 
-    torch.set_num_threads(max(1, threads))
-    device = resolve_device(device_name)
-    frames, masks, geometry = read_inputs(series_path, masks_path)
-    result = register_arrays(frames, masks, geometry, method, cfg, device, weights, threads, masks_name=masks_path.name)
+
+@dataclass(frozen=True, kw_only=True)
+class Inputs(PatientInputs):
+    series: Path
+    frame_masks: Path  # 4D uint8: 1 aorta, 2 LV blood pool per frame
+    weights: Path | None = None  # the learned method's net (checked against the models manifest)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outputs(PatientOutputs):
+    registered: Path
+    average: Path
+    fields: Path
+    masks: Path
+    qc: Path
+
+
+def run(inputs: Inputs, outputs: Outputs, cfg: RegistrationConfig, ctx: Context) -> dict:
+    """Read, register with the configured method (ctx.implementation), check, write; returns the record."""
+    method = ctx.implementation
+    weights = None
+    if method == "learned":
+        from ctp_steps.models import MANIFEST, verified_weights
+
+        weights = verified_weights(cfg.model, ctx.models_manifest or MANIFEST)
+    device = ctx.device
+    frames, masks, geometry = read_inputs(inputs.series, inputs.frame_masks)
+    result = register_arrays(
+        frames, masks, geometry, method, cfg, device, weights, ctx.threads, masks_name=inputs.frame_masks.name
+    )
     report = result["report"]
     log.info("reference frame %d, summary %s, %.1f s", report["reference_frame"], report["summary"], report["seconds"]["method"])
     check_registered(report, method, cfg)
-    out_dir = Path(out_dir)
-    write_series(out_dir / "registered.nii.gz", result["registered"].astype(np.float32), geometry)
-    write_volume(out_dir / "average.nii.gz", result["registered"].mean(axis=0).astype(np.float32), geometry)
-    write_fields(out_dir / "displacement_mm.nii.gz", result["fields"], geometry)
-    write_series(out_dir / "registered_masks.nii.gz", result["masks"].astype(np.uint8), geometry)
-    write_json(out_dir / "registration_qc.json", report)
+    write_series(outputs.registered, result["registered"].astype(np.float32), geometry)
+    write_volume(outputs.average, result["registered"].mean(axis=0).astype(np.float32), geometry)
+    write_fields(outputs.fields, result["fields"], geometry)
+    write_series(outputs.masks, result["masks"].astype(np.uint8), geometry)
+    write_json(outputs.qc, report)
     return stage_record(report)

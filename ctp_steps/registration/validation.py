@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from ctp_steps.io import read_json, read_series, read_status
+from ctp_steps.layout import file_name, status_name
 from ctp_steps.registration.crop import box_region
 from ctp_steps.registration.fields import read_fields
 from ctp_steps.registration.qc import dice
@@ -96,7 +97,7 @@ def reference_motion(truth_dir: Path, patient_dir: Path | None = None, status_pa
     if status_path is None:
         if patient_dir is None:
             return None
-        status_path = Path(patient_dir) / "register.status.json"
+        status_path = Path(patient_dir) / status_name("register")
     status_path = Path(status_path)
     if not status_path.is_file() or status_path.stat().st_size == 0:
         return None
@@ -189,8 +190,8 @@ def registration_metrics(truth_dir: Path, patient_dir: Path, status_path: Path) 
     rows = [("registration_ok", "all", 0.0)]
     if read_status(status_path).status == "ok":
         truth = read_json(truth_dir / "truth.json")
-        report = read_json(patient_dir / "registration_qc.json")
-        fields, geometry = read_fields(patient_dir / "displacement_mm.nii.gz")
+        report = read_json(patient_dir / file_name("registration_qc"))
+        fields, geometry = read_fields(patient_dir / file_name("displacement"))
         frame_labels, _ = read_series(truth_dir / "frame_labels.nii.gz")
         box = report["box"]
         box_geometry = crop_geometry(box["center_mm"], box["size"], box["spacing_mm"])

@@ -1,24 +1,21 @@
-# Validation-only oracle for `landmarks`: the true landmarks and AHA 17-segment map, from the phantom's
-# hidden truth (ctp_steps/oracle.py). Chosen by config `stages.landmarks: oracle`; synthetic cohort only.
+# Validation-only oracle for `landmarks`: the true landmarks and AHA 17-segment map, from the phantom's hidden truth
+# (ctp_steps/oracle/landmarks.py). Chosen by config `stages.landmarks: oracle`; synthetic cohort only.
 
 
 rule landmarks:
     input:
-        upstream=previous_stage_status(),
-        series=f"{PATIENT_DIR}/series.nii.gz",
-        frames=f"{PATIENT_DIR}/frames.json",
-        average=f"{PATIENT_DIR}/average.nii.gz",
-        truth=f"{SYNTHETIC_DIR}/truth/{{center}}/{{patient}}/truth.json",
+        upstream=upstream("landmarks"),
+        average=patient_file("average"),
+        truth=TRUTH,
     output:
-        landmarks=f"{PATIENT_DIR}/landmarks.json",
-        aha=f"{PATIENT_DIR}/aha17.nii.gz",
-        status=f"{PATIENT_DIR}/landmarks.status.json",
+        landmarks=patient_file("landmarks"),
+        aha=patient_file("aha17"),
+        status=status_file("landmarks"),
     params:
-        truth_dir=lambda wc, input: str(Path(input.truth).parent),
-        out_dir=lambda wc, output: str(Path(output.status).parent),
-        code=code_fingerprint("oracle"),
+        files=stage_files,
+        code=stage_fingerprint("landmarks", "oracle"),
     log:
-        f"{LOGS}/landmarks/{{center}}/{{patient}}.log",
+        stage_log("landmarks"),
     resources:
         mem_mb=3000,
         runtime=10,
@@ -27,9 +24,4 @@ rule landmarks:
     conda:
         "../../envs/imaging.yaml"
     shell:
-        "ctp-steps oracle landmarks --series {input.series:q} --frames {input.frames:q}"
-        " --upstream {input.upstream:q} --truth-dir {params.truth_dir:q} --out-dir {params.out_dir:q}"
-        " > {log:q} 2>&1"
-
-
-PATIENT_STAGES.append("landmarks")
+        run_stage("landmarks", "oracle")

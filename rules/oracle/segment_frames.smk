@@ -1,23 +1,22 @@
-# Validation-only oracle for `segment_frames`: frame masks (aorta, LV) and the AIF from the true moved labels, from the phantom's
-# hidden truth (ctp_steps/oracle.py). Chosen by config `stages.segment_frames: oracle`; synthetic cohort only.
+# Validation-only oracle for `segment_frames`: frame masks (aorta, LV) and the AIF from the true moved labels, from the phantom's hidden truth
+# (ctp_steps/oracle/segment_frames.py). Chosen by config `stages.segment_frames: oracle`; synthetic cohort only.
 
 
 rule segment_frames:
     input:
-        upstream=previous_stage_status(),
-        series=f"{PATIENT_DIR}/series.nii.gz",
-        frames=f"{PATIENT_DIR}/frames.json",
-        truth=f"{SYNTHETIC_DIR}/truth/{{center}}/{{patient}}/truth.json",
+        upstream=upstream("segment_frames"),
+        series=patient_file("series"),
+        frames=patient_file("frames"),
+        truth=TRUTH,
     output:
-        frame_masks=f"{PATIENT_DIR}/frame_masks.nii.gz",
-        aif=f"{PATIENT_DIR}/aif.parquet",
-        status=f"{PATIENT_DIR}/segment_frames.status.json",
+        frame_masks=patient_file("frame_masks"),
+        aif=patient_file("aif"),
+        status=status_file("segment_frames"),
     params:
-        truth_dir=lambda wc, input: str(Path(input.truth).parent),
-        out_dir=lambda wc, output: str(Path(output.status).parent),
-        code=code_fingerprint("oracle"),
+        files=stage_files,
+        code=stage_fingerprint("segment_frames", "oracle"),
     log:
-        f"{LOGS}/segment_frames/{{center}}/{{patient}}.log",
+        stage_log("segment_frames"),
     resources:
         mem_mb=3000,
         runtime=10,
@@ -26,9 +25,4 @@ rule segment_frames:
     conda:
         "../../envs/imaging.yaml"
     shell:
-        "ctp-steps oracle segment_frames --series {input.series:q} --frames {input.frames:q}"
-        " --upstream {input.upstream:q} --truth-dir {params.truth_dir:q} --out-dir {params.out_dir:q}"
-        " > {log:q} 2>&1"
-
-
-PATIENT_STAGES.append("segment_frames")
+        run_stage("segment_frames", "oracle")
