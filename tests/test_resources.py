@@ -1,0 +1,56 @@
+"""Declared memory and run time follow the study's size, read from the DICOM headers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ctp_steps.phantom import PhantomParams, generate_patient, make_specs, write_dicom
+from ctp_steps.resources import (
+    FALLBACK,
+    SAFETY,
+    STAGE_COSTS,
+    declared_mem_mb,
+    declared_runtime_min,
+    modelled_peak_mb,
+    study_voxel_frames,
+)
+
+# Peak RSS measured in issue 17 on a 512² × 64-slice × 15-frame study (MB): no declaration may be below.
+MEASURED_512 = {"convert": 3000, "segment_frames": 3900, "register": 14400}
+VOXEL_FRAMES_512 = 512 * 512 * 64 * 15
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory) -> tuple[Path, int]:
+    params = PhantomParams(shape_zyx=(6, 20, 24), spacing_zyx_mm=(5.0, 5.0, 5.0), supersample=1, n_frames=(9, 9))
+    (spec,) = make_specs(1, [("c1", "series_per_frame")], seed=5, role="test")
+    folder = tmp_path_factory.mktemp("resources") / "exam"
+    write_dicom(generate_patient(spec, params), folder, "series_per_frame")
+    return folder, 9 * 6 * 20 * 24
+
+
+def test_study_size_is_read_from_the_headers(export):
+    folder, voxel_frames = export
+    assert study_voxel_frames(str(folder)) == voxel_frames
+
+
+def test_declarations_grow_with_the_study_and_cover_measured_peaks(export):
+    folder, voxel_frames = export
+    for stage, cost in STAGE_COSTS.items():
+        small = declared_mem_mb(stage, folder)
+        assert small >= SAFETY * cost.base_mb and small % 100 == 0
+        assert declared_runtime_min(stage, folder) >= 10
+    for stage, peak in MEASURED_512.items():
+        assert modelled_peak_mb(stage, VOXEL_FRAMES_512) >= peak, stage
+    assert modelled_peak_mb("register", 10 * voxel_frames) > modelled_peak_mb("register", voxel_frames)
+
+
+def test_a_folder_that_is_not_there_yet_gets_the_old_fixed_values(tmp_path):
+    """Dry runs plan the synthetic cohort before its DICOM exists."""
+    assert declared_mem_mb("mbf", tmp_path / "missing") == FALLBACK["mem_mb"]
+    assert declared_runtime_min("mbf", tmp_path / "missing") == FALLBACK["runtime"]
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no DICOM here")
+    assert study_voxel_frames(str(tmp_path / "notes")) is None
