@@ -49,7 +49,8 @@ PATIENT_COLUMNS: list[pa.Field] = [
     pa.field("files_without_part10", pa.int32()),
     pa.field("stored_orientation", pa.string()),  # world direction of the stored x,y,z axes; canonical is L,P,S
     pa.field("segment_frames_source", pa.string()),
-    pa.field("register_source", pa.string()),
+    pa.field("register_source", pa.string()),  # the method whose result was kept (learned, simpleitk, none)
+    pa.field("register_attempts", pa.string()),  # failed attempts before it (e.g. the learned net's QC failure)
     pa.field("register_model_sha256", pa.string()),
     pa.field("registration_reference_frame", pa.int32()),
     pa.field("registration_lv_dice_before", pa.float64()),

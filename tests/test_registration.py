@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import json
 from pathlib import Path
 
@@ -191,7 +193,8 @@ def test_learned_stage_files_and_qc(tiny_patient, tiny_weights, tmp_path):
     assert rec["register_source"] == "learned"
     assert set(rec) == {"register_source", "register_model_sha256", "registration_reference_frame",
                         "registration_lv_dice_before", "registration_lv_dice_after", "registration_lv_dice_after_min",
-                        "registration_jacobian_nonpos_frac", "registration_max_displacement_mm"}
+                        "registration_jacobian_nonpos_frac", "registration_max_displacement_mm", "register_attempts"}
+    assert rec["register_attempts"] is None  # the learned result passed its QC: no fallback
     registered, g = read_series(tmp_path / "registered.nii.gz")
     assert registered.shape == tiny_patient.frames_hu.shape and registered.dtype == np.float32
     assert g.allclose(tiny_patient.geometry)
@@ -241,13 +244,59 @@ def test_frame_without_lv_excludes_the_patient_with_a_reason(tiny_patient, tmp_p
 
 
 def test_frame_left_misaligned_excludes_the_patient(tiny_patient):
-    from ctp_steps.registration.stage import check_registered, register_arrays
+    from ctp_steps.registration.stage import qc_failure, register_arrays
 
     cfg = RegistrationConfig(min_lv_dice_after=0.999)
     res = register_arrays(tiny_patient.frames_hu, _masks(tiny_patient), tiny_patient.geometry, "translation", cfg, torch.device("cpu"))
-    with pytest.raises(PatientInputError, match=r"could not be registered: LV Dice to reference frame \d+"):
-        check_registered(res["report"], "translation", cfg)
-    check_registered(res["report"], "none", cfg)  # `none` never excludes
+    assert re.match(r"frame\(s\) \[.*\] could not be registered: LV Dice to reference frame \d+",
+                    qc_failure(res["report"], "translation", cfg))
+    assert qc_failure(res["report"], "none", cfg) is None  # `none` never excludes
+
+
+class _DisplacingRegistrar:
+    """A learned registrar gone wrong on an unfamiliar study: every moving frame pushed 20 mm off."""
+
+    def __init__(self, registrar):
+        self.grid = registrar.grid
+
+    def register(self, frames, lv, geometry, reference, centroids):
+        from ctp_steps.registration.crop import BoxField
+        from ctp_steps.registration.warp import crop_geometry
+
+        n, s = self.grid["output_size"], self.grid["spacing_mm"]
+        box = crop_geometry(centroids[reference], n, s)
+        shift = np.array([20.0, 0.0, 0.0])
+        return [None if k == reference else BoxField(shift, np.broadcast_to(shift.astype(np.float32), (n, n, n, 3)), box)
+                for k in range(len(frames))]
+
+
+def _fast_simpleitk(**kw) -> RegistrationConfig:
+    from ctp_steps.registration.config import SimpleITKConfig
+
+    simple = SimpleITKConfig(affine_iterations=5, bspline_iterations=3, bspline_mesh=2)
+    return RegistrationConfig(reference_frame="first", simpleitk=simple, **kw)
+
+
+def test_failed_learned_registration_falls_back_to_simpleitk(tiny_patient, tiny_weights):
+    """The net's QC fails; the classical path registers the frames; the attempt is recorded, not hidden."""
+    from ctp_steps.registration.learned import LearnedRegistrar
+    from ctp_steps.registration.stage import register_with_fallback
+
+    cpu = torch.device("cpu")
+    broken = _DisplacingRegistrar(LearnedRegistrar.from_checkpoint(tiny_weights, cpu))
+    frames, masks = tiny_patient.frames_hu[:3], _masks(tiny_patient)[:3]
+    cfg = _fast_simpleitk(min_lv_dice_after=0.5)
+    result, attempts = register_with_fallback(frames, masks, tiny_patient.geometry, "learned", cfg, cpu, registrar=broken)
+    assert result["report"]["method"] == "simpleitk" and result["report"]["summary"]["lv_dice_after_min"] >= 0.5
+    assert len(attempts) == 1 and attempts[0].startswith("learned: frame(s) [1, 2] could not be registered")
+    with pytest.raises(PatientInputError) as err:  # no fallback configured: excluded with the net's reason
+        register_with_fallback(frames, masks, tiny_patient.geometry, "learned", _fast_simpleitk(min_lv_dice_after=0.5,
+                               fallback="none"), cpu, registrar=broken)
+    assert str(err.value).startswith("frame(s) [1, 2] could not be registered") and "simpleitk" not in str(err.value)
+    with pytest.raises(PatientInputError) as err:  # every method fails: the reason lists each attempt
+        register_with_fallback(frames, masks, tiny_patient.geometry, "learned", _fast_simpleitk(min_lv_dice_after=0.999),
+                               cpu, registrar=broken)
+    assert str(err.value).startswith("learned: frame(s)") and "; simpleitk: frame(s)" in str(err.value)
 
 
 def test_simpleitk_baseline_runs_on_the_box(tiny_patient):

@@ -118,6 +118,12 @@ class RegistrationConfig(Strict):
         0.75, ge=0, le=1, description="A frame whose LV Dice to the reference stays below this after registration "
         "excludes the patient (learned and simpleitk only)."
     )
+    fallback: Literal["simpleitk", "none"] = Field(
+        "simpleitk",
+        description="When the learned registration fails its QC (min_lv_dice_after), register again with this "
+        "method before excluding the patient (`none`: exclude at once). The row's `register_source` names the "
+        "method whose result was kept, `register_attempts` every failed attempt.",
+    )
     inference_batch: int = Field(4, ge=1, description="Frames per network forward pass.")
     threads: int = Field(2, ge=1, description="CPU threads of a `register` job (torch and ITK).")
     network: NetworkConfig = Field(

@@ -182,18 +182,51 @@ def _sha(path: Path) -> str:
     return sha256_of(Path(path))
 
 
-def check_registered(report: dict, method: str, cfg: RegistrationConfig) -> None:
-    """A frame whose LV stays misaligned after registration excludes the patient (named frame, Dice)."""
+def qc_failure(report: dict, method: str, cfg: RegistrationConfig) -> str | None:
+    """Why the registration failed its QC (a frame's LV stays misaligned), or None when it passed."""
     if method == "none":
-        return
+        return None
     bad = [f for f in report["frames"] if f["frame"] != report["reference_frame"] and f["lv_dice_after"] < cfg.min_lv_dice_after]
-    if bad:
-        worst = min(bad, key=lambda f: f["lv_dice_after"])
-        raise PatientInputError(
-            f"frame(s) {[f['frame'] for f in bad]} could not be registered: LV Dice to reference frame "
-            f"{report['reference_frame']} after {method} registration is as low as {worst['lv_dice_after']:.2f} "
-            f"(frame {worst['frame']}; minimum {cfg.min_lv_dice_after:g})"
+    if not bad:
+        return None
+    worst = min(bad, key=lambda f: f["lv_dice_after"])
+    return (
+        f"frame(s) {[f['frame'] for f in bad]} could not be registered: LV Dice to reference frame "
+        f"{report['reference_frame']} after {method} registration is as low as {worst['lv_dice_after']:.2f} "
+        f"(frame {worst['frame']}; minimum {cfg.min_lv_dice_after:g})"
+    )
+
+
+def register_with_fallback(
+    frames: np.ndarray,
+    masks: np.ndarray,
+    geometry: Geometry,
+    method: str,
+    cfg: RegistrationConfig,
+    device: torch.device,
+    weights: Path | None = None,
+    threads: int = 1,
+    registrar=None,
+    masks_name: str = "frame_masks.nii.gz",
+) -> tuple[dict, list[str]]:
+    """Register with `method`; if the learned net fails its QC, try cfg.fallback before giving up.
+
+    A net meets studies unlike its training data; the classical path is slower but makes no such
+    assumption. Returns the kept result and the failed attempts; raises PatientInputError listing every
+    attempt when none passes.
+    """
+    tried = [method] + ([cfg.fallback] if method == "learned" and cfg.fallback != "none" else [])
+    attempts: list[str] = []
+    for m in tried:
+        result = register_arrays(
+            frames, masks, geometry, m, cfg, device, weights, threads, registrar if m == method else None, masks_name
         )
+        failure = qc_failure(result["report"], m, cfg)
+        if failure is None:
+            return result, attempts
+        log.warning("%s registration failed its QC: %s", m, failure)
+        attempts.append(f"{m}: {failure}")
+    raise PatientInputError("; ".join(attempts) if len(attempts) > 1 else failure)
 
 
 def stage_record(report: dict) -> dict:
@@ -209,6 +242,7 @@ def stage_record(report: dict) -> dict:
         "registration_lv_dice_after_min": float(s["lv_dice_after_min"]),
         "registration_jacobian_nonpos_frac": float(s["jacobian_nonpos_frac"]),
         "registration_max_displacement_mm": float(s["max_displacement_mm"]),
+        "register_attempts": "; ".join(report.get("failed_attempts", [])) or None,
     }
 
 
@@ -241,12 +275,11 @@ def run(inputs: Inputs, outputs: Outputs, cfg: RegistrationConfig, ctx: Context)
         weights = verified_weights(cfg.model, ctx.models_manifest or MANIFEST)
     device = ctx.device
     frames, masks, geometry = read_inputs(inputs.series, inputs.frame_masks)
-    result = register_arrays(
+    result, failed_attempts = register_with_fallback(
         frames, masks, geometry, method, cfg, device, weights, ctx.threads, masks_name=inputs.frame_masks.name
     )
-    report = result["report"]
+    report = {**result["report"], "failed_attempts": failed_attempts}
     log.info("reference frame %d, summary %s, %.1f s", report["reference_frame"], report["summary"], report["seconds"]["method"])
-    check_registered(report, method, cfg)
     write_series(outputs.registered, result["registered"].astype(np.float32), geometry)
     write_volume(outputs.average, result["registered"].mean(axis=0).astype(np.float32), geometry)
     write_fields(outputs.fields, result["fields"], geometry)
