@@ -95,11 +95,12 @@ def declared_mem_mb(stage: str, dicom_dir: str | Path) -> int:
     return int(math.ceil(SAFETY * modelled_peak_mb(stage, voxel_frames) / 100.0) * 100)
 
 
-def declared_runtime_min(stage: str, dicom_dir: str | Path) -> int:
-    """The job's `runtime` in minutes: three times the modelled single-core time, at least MIN_RUNTIME_MIN."""
+def declared_runtime_min(stage: str, dicom_dir: str | Path, slower: float = 1.0) -> int:
+    """The job's `runtime` in minutes: three times the modelled single-core time (times `slower` for a slower
+    method, e.g. SimpleITK registration), at least MIN_RUNTIME_MIN."""
     voxel_frames = study_voxel_frames(str(dicom_dir))
     if voxel_frames is None:
-        return FALLBACK["runtime"]
+        return int(FALLBACK["runtime"] * (2 if slower > 1 else 1))
     cost = STAGE_COSTS[stage]
-    seconds = cost.base_s + cost.s_per_million_voxel_frames * voxel_frames / 1e6
+    seconds = slower * (cost.base_s + cost.s_per_million_voxel_frames * voxel_frames / 1e6)
     return max(MIN_RUNTIME_MIN, int(math.ceil(3 * seconds / 60)))

@@ -2,6 +2,7 @@
 # active chain of per-patient stages (ctp_steps/stages.py) and the one shell command every stage runs.
 import json
 
+from ctp_steps.resources import declared_mem_mb, declared_runtime_min
 from ctp_steps.layout import PATIENTS_DIR, file_name, patient_log, status_name, validation_file
 from ctp_steps.stages import ORACLE, STAGES, upstream_status
 from ctp_steps.stages import implementation as configured_implementation
@@ -71,6 +72,21 @@ def run_stage(stage: str, implementation: str | None = None) -> str:
         f"ctp-steps run {stage} --implementation {implementation} --files {{params.files:q}}{config}{device}"
         " --threads {threads} --title {wildcards.center}/{wildcards.patient} > {log:q} 2>&1"
     )
+
+
+def study_mem_mb(stage: str):
+    """`mem_mb` of a patient's job from the size of its study (ctp_steps/resources.py), read when scheduled."""
+    return lambda wc: declared_mem_mb(stage, DICOM_DIRS[(wc.center, wc.patient)])
+
+
+def study_runtime(stage: str, slower: int = 1):
+    """`runtime` (minutes) of a patient's job from the size of its study; `slower` for a slower method."""
+    return lambda wc: declared_runtime_min(stage, DICOM_DIRS[(wc.center, wc.patient)], slower)
+
+
+def stage_benchmark(stage: str) -> str:
+    """Wall time and peak memory of each patient's job, as Snakemake measures them (tab-separated)."""
+    return f"{RESULTS}/benchmarks/{stage}/{{center}}/{{patient}}.tsv"
 
 
 # Deep-learning rules request a GPU only when the pipeline runs on CUDA.

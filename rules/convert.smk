@@ -12,11 +12,13 @@ rule convert:
         files=stage_files,
         config=CFG.conversion.model_dump_json(),
         code=stage_fingerprint("convert"),
+    benchmark:
+        stage_benchmark("convert")
     log:
         stage_log("convert"),
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=study_mem_mb("convert"),
+        runtime=study_runtime("convert"),
     group:
         "patient"
     conda:

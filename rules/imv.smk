@@ -18,11 +18,13 @@ rule imv:
         files=stage_files,
         config=CFG.imv.model_dump_json(),
         code=stage_fingerprint("imv"),
+    benchmark:
+        stage_benchmark("imv")
     log:
         stage_log("imv"),
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=study_mem_mb("imv"),
+        runtime=study_runtime("imv"),
     threads: 1
     group:
         "patient"

@@ -19,11 +19,13 @@ rule landmarks:
         files=stage_files,
         config=CFG.landmarks.model_dump_json(exclude={"training"}),
         code=stage_fingerprint("landmarks"),
+    benchmark:
+        stage_benchmark("landmarks")
     log:
         stage_log("landmarks"),
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=study_mem_mb("landmarks"),
+        runtime=study_runtime("landmarks"),
         gpu=GPUS,
     threads: 1
     group:

@@ -23,11 +23,13 @@ rule mbf:
         files=stage_files,
         config=CFG.mbf.model_dump_json(),
         code=stage_fingerprint("mbf"),
+    benchmark:
+        stage_benchmark("mbf")
     log:
         stage_log("mbf"),
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=study_mem_mb("mbf"),
+        runtime=study_runtime("mbf"),
         gpu=GPUS,
     threads: 1
     group:

@@ -6,6 +6,8 @@
 from ctp_steps.models import weights_path
 
 REGISTER_METHOD = CFG.stages.registration
+# SimpleITK, as the method or the learned net's fallback, takes ~20x the net's time (BENCHMARKS.md).
+REGISTER_SLOWER = 20 if "simpleitk" in (REGISTER_METHOD, CFG.registration.fallback if REGISTER_METHOD == "learned" else None) else 1
 # Only the inference settings: new training or network settings do not rerun the cohort (new weights do).
 REGISTER_CONFIG = CFG.registration.model_dump_json(
     exclude={"training", "network", "threads"} if REGISTER_METHOD == "learned" else {"training", "threads"}
@@ -29,11 +31,13 @@ rule register:
         files=stage_files,
         config=REGISTER_CONFIG,
         code=stage_fingerprint("register"),
+    benchmark:
+        stage_benchmark("register")
     log:
         stage_log("register"),
     resources:
-        mem_mb=4000,
-        runtime=lambda wc: 60 if REGISTER_METHOD == "simpleitk" else 15,
+        mem_mb=study_mem_mb("register"),
+        runtime=study_runtime("register", slower=REGISTER_SLOWER),
         gpu=GPUS if REGISTER_METHOD == "learned" else 0,
     threads: CFG.registration.threads
     group:

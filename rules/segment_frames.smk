@@ -21,11 +21,13 @@ rule segment_frames:
         files=stage_files,
         config=SEGMENTATION_INFERENCE_CONFIG,
         code=stage_fingerprint("segment_frames"),
+    benchmark:
+        stage_benchmark("segment_frames")
     log:
         stage_log("segment_frames"),
     resources:
-        mem_mb=3000,
-        runtime=20,
+        mem_mb=study_mem_mb("segment_frames"),
+        runtime=study_runtime("segment_frames"),
         gpu=GPUS,
     threads: CFG.segmentation.threads
     group:

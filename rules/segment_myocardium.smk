@@ -18,11 +18,13 @@ rule segment_myocardium:
         files=stage_files,
         config=SEGMENTATION_INFERENCE_CONFIG,
         code=stage_fingerprint("segment_myocardium"),
+    benchmark:
+        stage_benchmark("segment_myocardium")
     log:
         stage_log("segment_myocardium"),
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=study_mem_mb("segment_myocardium"),
+        runtime=study_runtime("segment_myocardium"),
         gpu=GPUS,
     threads: CFG.segmentation.threads
     group:
