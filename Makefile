@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: run test validate dryrun lint schema clean
+.PHONY: run test validate report dryrun lint schema clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ run: $(STAMP)
 
 validate: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --workflow-profile workflow/profiles/local validate
+
+# A browsable cohort QC report of the last run: every patient's QC figures by stage, the risk plots.
+report: $(STAMP)
+	$(BIN)/snakemake --workflow-profile workflow/profiles/local --report results/report.zip
 
 dryrun: $(STAMP)
 	$(BIN)/snakemake -n --quiet

@@ -9,6 +9,7 @@ from snakemake.utils import min_version, validate
 
 from ctp_steps.config import config_hash, load_config
 from ctp_steps.fingerprints import code_fingerprint, stage_fingerprint
+from ctp_steps.models import MANIFEST as MODELS_MANIFEST
 from ctp_steps.models import weights_path
 from ctp_steps.workflow import (
     active_chain,
@@ -23,6 +24,9 @@ REPO = Path(workflow.basedir)
 
 
 configfile: REPO / "config" / "config.yaml"
+
+
+report: "report/workflow.rst"
 
 
 envvars:
@@ -67,6 +71,7 @@ rule train:
 rule all:
     input:
         f"{RESULTS}/cohort/patients.parquet",
+        rules.provenance.output,
         COHORT_SEGMENTS,
         rules.risk.output,
     default_target: True

@@ -29,9 +29,31 @@ rule gather_patients:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/stats.yaml"
+        "../envs/ctp.yaml"
     shell:
         "ctp-steps gather --manifest {input.manifest:q} --patients-dir {params.patients_dir:q}"
         " --stages {params.stages} --covariates {params.covariates} --config-hash {params.config_hash}"
         " --out {output.patients:q} {params.segments} > {log:q} 2>&1"
 
+
+
+rule provenance:
+    """The effective configuration (defaults resolved) and the software and model versions of this run."""
+    input:
+        models=MODELS_MANIFEST,
+    output:
+        config=f"{RESULTS}/cohort/config.json",
+        provenance=f"{RESULTS}/cohort/provenance.json",
+    params:
+        config=CFG.model_dump_json(),
+        code=code_fingerprint("provenance"),
+    log:
+        f"{LOGS}/provenance.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/ctp.yaml"
+    shell:
+        "ctp-steps provenance --config-json {params.config:q} --config-out {output.config:q}"
+        " --provenance-out {output.provenance:q} > {log:q} 2>&1"

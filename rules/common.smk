@@ -84,6 +84,12 @@ def study_runtime(stage: str, slower: int = 1):
     return lambda wc: declared_runtime_min(stage, DICOM_DIRS[(wc.center, wc.patient)], slower)
 
 
+def qc_figure(path: str, stage: str):
+    """A per-patient QC figure in `snakemake --report`: filed under its stage, labelled by center and patient."""
+    return report(path, caption=f"../report/{stage}.rst", category=stage,
+                  labels={"center": "{center}", "patient": "{patient}"})
+
+
 def stage_benchmark(stage: str) -> str:
     """Wall time and peak memory of each patient's job, as Snakemake measures them (tab-separated)."""
     return f"{RESULTS}/benchmarks/{stage}/{{center}}/{{patient}}.tsv"

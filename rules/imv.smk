@@ -12,7 +12,7 @@ rule imv:
     output:
         ischemia=patient_file("ischemia"),
         segments=patient_file("segments_imv"),
-        qc=patient_file("imv_qc"),
+        qc=qc_figure(patient_file("imv_qc"), "imv"),
         status=status_file("imv"),
     params:
         files=stage_files,
@@ -29,7 +29,7 @@ rule imv:
     group:
         "patient"
     conda:
-        "../envs/imaging.yaml"
+        "../envs/ctp.yaml"
     shell:
         run_stage("imv")
 
@@ -58,7 +58,7 @@ rule validate_imv:
     group:
         "patient"
     conda:
-        "../envs/imaging.yaml"
+        "../envs/ctp.yaml"
     shell:
         "ctp-steps validate-imv --truth-dir {params.truth_dir:q} --patient-dir {params.patient_dir:q}"
         " --config-json {params.config:q} --out {output:q} > {log:q} 2>&1"

@@ -13,7 +13,7 @@ rule landmarks:
     output:
         landmarks=patient_file("landmarks"),
         aha=patient_file("aha17"),
-        png=patient_file("landmarks_qc"),
+        png=qc_figure(patient_file("landmarks_qc"), "landmarks"),
         status=status_file("landmarks"),
     params:
         files=stage_files,
@@ -31,7 +31,7 @@ rule landmarks:
     group:
         "patient"
     conda:
-        "../envs/imaging.yaml"
+        "../envs/ctp.yaml"
     shell:
         run_stage("landmarks")
 
@@ -56,7 +56,7 @@ rule validate_landmarks:
     group:
         "patient"
     conda:
-        "../envs/imaging.yaml"
+        "../envs/ctp.yaml"
     shell:
         "ctp-steps validate-landmarks --truth-dir {params.truth_dir:q} --landmarks {input.landmarks:q}"
         " --aha {input.aha:q} --status {input.status:q} --register-status {input.register_status:q}"

@@ -16,7 +16,7 @@ rule mbf:
         mbf_raw=patient_file("mbf_raw"),
         tac=patient_file("tac"),
         segments=patient_file("segments_mbf"),
-        qc=patient_file("mbf_qc"),
+        qc=qc_figure(patient_file("mbf_qc"), "mbf"),
         status=status_file("mbf"),
         **({"blood_volume": patient_file("blood_volume")} if CFG.mbf.writes_blood_volume else {}),
     params:
@@ -35,7 +35,7 @@ rule mbf:
     group:
         "patient"
     conda:
-        "../envs/imaging.yaml"
+        "../envs/ctp.yaml"
     shell:
         run_stage("mbf")
 
@@ -70,7 +70,7 @@ rule validate_mbf:
     group:
         "patient"
     conda:
-        "../envs/imaging.yaml"
+        "../envs/ctp.yaml"
     shell:
         "ctp-steps validate-mbf --truth-dir {params.truth_dir:q} --patient-dir {params.patient_dir:q}"
         " --config-json {params.config:q} --out {output.metrics:q} --segments-out {output.segments:q}"
@@ -90,6 +90,6 @@ rule validate_mbf_cohort:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/stats.yaml"
+        "../envs/ctp.yaml"
     shell:
         "ctp-steps validate-mbf-cohort --inputs {input:q} --out {output:q} > {log:q} 2>&1"

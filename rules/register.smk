@@ -43,7 +43,7 @@ rule register:
     group:
         "patient"
     conda:
-        "../envs/imaging.yaml"
+        "../envs/ctp.yaml"
     shell:
         run_stage("register")
 
@@ -68,7 +68,7 @@ rule validate_register:
     group:
         "patient"
     conda:
-        "../envs/imaging.yaml"
+        "../envs/ctp.yaml"
     shell:
         "ctp-steps validate-register --truth-dir {params.truth_dir:q} --patient-dir {params.patient_dir:q}"
         " --status {input.status:q} --out {output:q} > {log:q} 2>&1"

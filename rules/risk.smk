@@ -10,8 +10,8 @@ rule risk:
         cox=f"{RISK_DIR}/cox.parquet",
         concordance=f"{RISK_DIR}/concordance.parquet",
         ph=f"{RISK_DIR}/ph_test.parquet",
-        km=f"{RISK_DIR}/km.png",
-        forest=f"{RISK_DIR}/forest.png",
+        km=report(f"{RISK_DIR}/km.png", caption="../report/km.rst", category="risk"),
+        forest=report(f"{RISK_DIR}/forest.png", caption="../report/forest.rst", category="risk"),
         report=f"{RISK_DIR}/report.md",
         summary=f"{RISK_DIR}/summary.txt",
     params:
@@ -25,7 +25,7 @@ rule risk:
         mem_mb=2000,
         runtime=30,
     conda:
-        "../envs/stats.yaml"
+        "../envs/ctp.yaml"
     shell:
         "ctp-steps risk --patients {input:q} --covariates {params.covariates}"
         " --risk-json {params.risk:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

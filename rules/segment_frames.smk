@@ -33,7 +33,7 @@ rule segment_frames:
     group:
         "patient"
     conda:
-        "../envs/imaging.yaml"
+        "../envs/ctp.yaml"
     shell:
         run_stage("segment_frames")
 
@@ -57,7 +57,7 @@ rule validate_segment_frames:
     group:
         "patient"
     conda:
-        "../envs/imaging.yaml"
+        "../envs/ctp.yaml"
     shell:
         "ctp-steps validate-segmentation frames --truth-dir {params.truth_dir:q} --masks {input.masks:q}"
         " --aif {input.aif:q} --status {input.status:q} --out {output:q} > {log:q} 2>&1"

@@ -30,7 +30,7 @@ rule segment_myocardium:
     group:
         "patient"
     conda:
-        "../envs/imaging.yaml"
+        "../envs/ctp.yaml"
     shell:
         run_stage("segment_myocardium")
 
@@ -54,7 +54,7 @@ rule validate_segment_myocardium:
     group:
         "patient"
     conda:
-        "../envs/imaging.yaml"
+        "../envs/ctp.yaml"
     shell:
         "ctp-steps validate-segmentation myocardium --truth-dir {params.truth_dir:q} --masks {input.mask:q}"
         " --status {input.status:q} --register-status {input.register_status:q} --out {output:q} > {log:q} 2>&1"

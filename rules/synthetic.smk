@@ -28,7 +28,7 @@ rule synthesize_patient:
     group:
         "patient"
     conda:
-        "../envs/imaging.yaml"
+        "../envs/ctp.yaml"
     shell:
         "ctp-steps synthesize --spec-json {params.spec:q} --params-json {params.phantom:q}"
         " --dicom-dir {output.dicom:q} --truth-dir {params.truth_dir:q} > {log:q} 2>&1"
@@ -49,7 +49,7 @@ rule synthetic_manifest:
         mem_mb=1000,
         runtime=5,
     conda:
-        "../envs/imaging.yaml"
+        "../envs/ctp.yaml"
     shell:
         "ctp-steps synthetic-manifest --truth {input.truth:q} --outcome-json {params.outcome:q}"
         " --seed {params.seed} --out {output:q} > {log:q} 2>&1"

@@ -21,7 +21,7 @@ rule validate_conversion:
     group:
         "patient"
     conda:
-        "../envs/imaging.yaml"
+        "../envs/ctp.yaml"
     shell:
         "ctp-steps validate-conversion --truth-dir {params.truth_dir:q}"
         " --series {input.series:q} --frames {input.frames:q} --status {input.status:q}"
@@ -43,7 +43,7 @@ rule validate:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/stats.yaml"
+        "../envs/ctp.yaml"
     shell:
         "ctp-steps validation-summary --inputs {input.metrics:q}"
         " --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import REPO, TINY_PHANTOM, run_snakemake, tiny_config
 from test_orientation import restore_in_storage_order
@@ -60,6 +62,37 @@ def test_validation_summary_conversion_exact(tiny_run):
     assert rows.loc["conversion_max_abs_error_hu", "p95"] <= 0.5 + 1e-4
     assert rows.loc["frame_time_error_s", "p95"] < 1e-3
     assert rows.loc["origin_error_mm", "p95"] < 1e-3
+
+
+def test_config_and_versions_are_written_beside_the_tables(tiny_run):
+    from ctp_steps.config import load_config
+    from ctp_steps.provenance import read_config
+
+    cohort = tiny_run / "results" / "cohort"
+    written = read_config(cohort / "config.json")
+    assert written == load_config(yaml.safe_load((tiny_run / "test-config.yaml").read_text()))
+    table = pd.read_parquet(cohort / "patients.parquet")
+    from ctp_steps.config import config_hash
+
+    assert set(table["config_hash"]) == {config_hash(written)}
+    prov = json.loads((cohort / "provenance.json").read_text())
+    assert prov["config_hash"] == config_hash(written) and prov["libraries"]["torch"].startswith("2.13.0")
+    assert set(prov["models"]) >= {"regnet", "landmark_net"} and all(len(m["sha256"]) == 64 for m in prov["models"].values())
+
+
+def test_report_holds_each_patients_qc_figures_by_stage(tiny_run):
+    """`snakemake --report` gives a browsable cohort QC report: per-patient figures filed by stage, risk plots."""
+    import zipfile
+
+    run_snakemake(tiny_run, tiny_config(tiny_run / "results"), "all", "--report", str(tiny_run / "report.zip"))
+    names = zipfile.ZipFile(tiny_run / "report.zip").namelist()
+    figures = [n for n in names if n.endswith(".png") and "/data/raw/" in n]
+    for name in ("landmarks.png", "mbf_qc.png", "imv_qc.png"):
+        assert sum(n.endswith(name) for n in figures) == 3, (name, figures)
+    assert any(n.endswith("km.png") for n in figures) and any(n.endswith("forest.png") for n in figures)
+    text = "".join(zipfile.ZipFile(tiny_run / "report.zip").read(n).decode("latin-1") for n in names
+                   if n.endswith((".js", ".html")))
+    assert all(stage in text for stage in ("landmarks", "mbf", "imv", "risk")) and "S0003" in text
 
 
 def test_second_run_has_nothing_to_do(tiny_run):

@@ -18,7 +18,19 @@ def _gather(args: argparse.Namespace) -> None:
         print(f"{len(segments)} segment rows of {segments['patient_id'].nunique()} patients -> {args.segments_out}")
 
 
+def _provenance(args: argparse.Namespace) -> None:
+    from ctp_steps.provenance import write_provenance
+
+    write_provenance(args.config_json, Path(args.config_out), Path(args.provenance_out))
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("provenance", help="the effective configuration and the versions beside the cohort tables")
+    p.add_argument("--config-json", required=True)
+    p.add_argument("--config-out", required=True)
+    p.add_argument("--provenance-out", required=True)
+    p.set_defaults(func=_provenance)
+
     p = sub.add_parser("gather", help="per-patient records → results/cohort/patients.parquet")
     p.add_argument("--manifest", required=True)
     p.add_argument("--patients-dir", required=True)

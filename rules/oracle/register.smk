@@ -22,6 +22,6 @@ rule register:
     group:
         "patient"
     conda:
-        "../../envs/imaging.yaml"
+        "../../envs/ctp.yaml"
     shell:
         run_stage("register", "oracle")

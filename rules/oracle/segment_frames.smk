@@ -23,6 +23,6 @@ rule segment_frames:
     group:
         "patient"
     conda:
-        "../../envs/imaging.yaml"
+        "../../envs/ctp.yaml"
     shell:
         run_stage("segment_frames", "oracle")

@@ -21,6 +21,6 @@ rule segment_myocardium:
     group:
         "patient"
     conda:
-        "../../envs/imaging.yaml"
+        "../../envs/ctp.yaml"
     shell:
         run_stage("segment_myocardium", "oracle")

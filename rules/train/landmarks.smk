@@ -30,7 +30,7 @@ rule landmark_training_case:
         runtime=15,
     threads: 1
     conda:
-        "../../envs/imaging.yaml"
+        "../../envs/ctp.yaml"
     shell:
         "ctp-steps landmarks-data --cases {wildcards.case} --config-json {params.config:q}"
         " --apex-cap-fraction {params.apex_cap_fraction} --out-dir {params.out_dir:q} > {log:q} 2>&1"
@@ -56,7 +56,7 @@ rule train_landmark_net:
         gpu=GPUS,
     threads: LANDMARK_TRAINING.threads
     conda:
-        "../../envs/imaging.yaml"
+        "../../envs/ctp.yaml"
     shell:
         "ctp-steps landmarks-train --train {input.train:q} --val {input.val:q}"
         " --config-json {params.config:q} --apex-cap-fraction {params.apex_cap_fraction} --device {params.device}"

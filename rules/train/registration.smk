@@ -27,7 +27,7 @@ rule regnet_training_data:
         runtime=60,
     threads: 1
     conda:
-        "../../envs/imaging.yaml"
+        "../../envs/ctp.yaml"
     shell:
         "ctp-steps register-data --role {wildcards.role} --config-json {params.config:q}"
         " --phantom-json {params.phantom:q} --threads {threads} --out {output:q} > {log:q} 2>&1"
@@ -52,7 +52,7 @@ rule train_regnet:
         gpu=GPUS,
     threads: CFG.registration.training.threads
     conda:
-        "../../envs/imaging.yaml"
+        "../../envs/ctp.yaml"
     shell:
         "ctp-steps register-train --train {input.train:q} --val {input.val:q} --config-json {params.config:q}"
         " --device {params.device} --out {output.weights:q} --report {output.report:q} > {log:q} 2>&1"

@@ -33,7 +33,7 @@ rule segmentation_training_case:
         runtime=15,
     threads: 1
     conda:
-        "../../envs/imaging.yaml"
+        "../../envs/ctp.yaml"
     shell:
         "ctp-steps segmentation-data --patients {wildcards.case} --out-dir {params.out_dir:q}"
         " --config-json {params.config:q} > {log:q} 2>&1"
@@ -61,7 +61,7 @@ rule train_vbnet:
         gpu=GPUS,
     threads: SEG_TRAINING.threads
     conda:
-        "../../envs/imaging.yaml"
+        "../../envs/ctp.yaml"
     shell:
         "ctp-steps train-segmentation {wildcards.task} --train {input.train:q} --val {input.val:q}"
         " --out {output.weights:q} --report {output.report:q} --device {params.device}"
