@@ -59,7 +59,8 @@ PATIENT_COLUMNS: list[pa.Field] = [
     pa.field("registration_jacobian_nonpos_frac", pa.float64()),
     pa.field("registration_max_displacement_mm", pa.float64()),
     pa.field("segment_myocardium_source", pa.string()),
-    pa.field("landmarks_source", pa.string()),
+    pa.field("landmarks_source", pa.string()),  # heatmap (the net) or geometric (the fallback)
+    pa.field("landmarks_attempts", pa.string()),  # failed attempts before it (the net's low-confidence reason)
     pa.field("segment_frames_model_sha256", pa.string()),
     pa.field("segment_myocardium_model_sha256", pa.string()),
     pa.field("landmarks_model_sha256", pa.string()),
@@ -68,7 +69,7 @@ PATIENT_COLUMNS: list[pa.Field] = [
     pa.field("aif_peak_hu", pa.float64()),
     pa.field("aif_peak_time_s", pa.float64()),
     pa.field("aif_baseline_hu", pa.float64()),
-    pa.field("landmark_conf_min", pa.float64()),
+    pa.field("landmark_conf_min", pa.float64()),  # the net's confidence, or the geometric method's quality
     pa.field("landmark_conf_apex", pa.float64()),
     pa.field("landmark_conf_base", pa.float64()),
     pa.field("landmark_conf_rv_insertion", pa.float64()),

@@ -147,8 +147,9 @@ def test_train_loop_checkpoint_and_stage_outputs(tiny_cases, tmp_path):
     assert status["status"] == "ok", status
     assert set(status["record"]) == {
         "landmarks_source", "landmark_conf_min", "landmark_conf_apex", "landmark_conf_base",
-        "landmark_conf_rv_insertion", "lv_long_axis_mm", "landmarks_model_sha256",
+        "landmark_conf_rv_insertion", "lv_long_axis_mm", "landmarks_model_sha256", "landmarks_attempts",
     }
+    assert status["record"]["landmarks_source"] == "heatmap" and status["record"]["landmarks_attempts"] is None
     found = read_json(patient / "landmarks.json")
     assert set(found) == {"apex", "base", "rv_insertion"}
     assert all(len(v["world_mm"]) == 3 and 0 <= v["confidence"] <= 1 for v in found.values())
@@ -159,11 +160,29 @@ def test_train_loop_checkpoint_and_stage_outputs(tiny_cases, tmp_path):
     assert (aha == expected).all()
     assert (patient / "landmarks.png").stat().st_size > 1000
 
-    # a low-confidence landmark: the patient is excluded with a reason naming the stage and the landmark
+    # the net unsure: the geometric fallback finds the landmarks, the patient is usable and the row says how
     status = run(LandmarkConfig(min_confidence=0.999))
+    assert status["status"] == "ok", status
+    rec = status["record"]
+    assert rec["landmarks_source"] == "geometric"
+    assert rec["landmarks_attempts"].startswith("heatmap: landmark apex not found (confidence ")
+    assert rec["landmark_conf_min"] >= LandmarkConfig().min_geometric_quality
+    found = read_json(patient / "landmarks.json")
+    assert {v["method"] for v in found.values()} == {"geometric"}
+    for name, point in zip(("apex", "base", "rv_insertion"), case.landmarks):  # within a voxel or two of the truth
+        assert np.linalg.norm(np.asarray(found[name]["world_mm"]) - point) < 2 * max(case.geometry.spacing), name
+
+    # no fallback configured: excluded with a reason naming the stage and the landmark
+    status = run(LandmarkConfig(min_confidence=0.999, fallback="none"))
     assert status["status"] == "excluded"
     assert status["reason"].startswith("landmarks: average.nii.gz: landmark apex not found"), status["reason"]
     assert (patient / "aha17.nii.gz").stat().st_size == 0
+
+    # every method fails: the reason lists each attempt
+    status = run(LandmarkConfig(min_confidence=0.999, min_long_axis_mm=500.0))
+    assert status["status"] == "excluded"
+    assert status["reason"].startswith("landmarks: average.nii.gz: heatmap: landmark apex not found")
+    assert "; geometric: landmarks apex and base only" in status["reason"]
 
     # an empty myocardium mask
     write_volume(patient / "empty.nii.gz", np.zeros_like(case.mask), case.geometry)
@@ -171,22 +190,22 @@ def test_train_loop_checkpoint_and_stage_outputs(tiny_cases, tmp_path):
     assert status["status"] == "excluded" and status["reason"].startswith("landmarks: empty.nii.gz: myocardium mask")
 
 
-def test_check_detection_names_only_the_failing_landmark():
-    from ctp_steps.landmarks.stage import check_detection
+def test_detection_problem_names_only_the_failing_landmark():
+    from ctp_steps.landmarks.stage import detection_problem
 
     names = ("apex", "base", "rv_insertion")
     pts = np.array([[50.0, -50.0, -50.0], [0.0, 0.0, 0.0], [-20.0, -25.0, 10.0]])
     cfg = LandmarkConfig()
-    check_detection(names, pts, np.array([0.9, 0.8, 0.7]), cfg, "average.nii.gz")
-    with pytest.raises(PatientInputError, match=r"^average.nii.gz: landmark rv_insertion not found \(confidence 0.20") as exc:
-        check_detection(names, pts, np.array([0.9, 0.8, 0.2]), cfg, "average.nii.gz")
-    assert "apex" not in str(exc.value) and "base" not in str(exc.value)
-    with pytest.raises(PatientInputError, match="landmark base not found"):
-        check_detection(names, pts, np.array([0.9, np.nan, 0.9]), cfg, "average.nii.gz")
-    with pytest.raises(PatientInputError, match="apex and base only"):
-        check_detection(names, np.array([[1.0, 0, 0], [0, 0, 0], [0, 5.0, 0]]), np.ones(3), cfg, "average.nii.gz")
-    with pytest.raises(PatientInputError, match="rv_insertion unusable"):
-        check_detection(names, np.array([[0, 0, 60.0], [0, 0, 0], [0, 0, 20.0]]), np.ones(3), cfg, "average.nii.gz")
+
+    def problem(points, confidence):
+        return detection_problem(names, points, np.asarray(confidence, float), cfg, cfg.min_confidence)
+
+    assert problem(pts, [0.9, 0.8, 0.7]) is None
+    low = problem(pts, [0.9, 0.8, 0.2])
+    assert low == "landmark rv_insertion not found (confidence 0.20 < 0.50)"
+    assert "landmark base not found" in problem(pts, [0.9, np.nan, 0.9])
+    assert "apex and base only" in problem(np.array([[1.0, 0, 0], [0, 0, 0], [0, 5.0, 0]]), np.ones(3))
+    assert "rv_insertion unusable" in problem(np.array([[0, 0, 60.0], [0, 0, 0], [0, 0, 20.0]]), np.ones(3))
 
 
 def test_config_validates_territories():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ctp_steps.aha import DEFAULT_APEX_CAP_FRACTION, TERRITORY_SEGMENTS
@@ -65,6 +67,18 @@ class LandmarkConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = Field("landmark_net", description="Entry of models/manifest.json for the landmark heatmap net.")
+    fallback: Literal["geometric", "none"] = Field(
+        "geometric",
+        description="When the heatmap net is unsure (min_confidence) or its landmarks are implausible, derive them "
+        "from the masks and the image instead (ctp_steps/landmarks/geometric.py: long axis from the LV shape, "
+        "apex and base at its ends, RV insertion where the contrast-filled RV meets the septum) before "
+        "excluding the patient (`none`: exclude at once).",
+    )
+    min_geometric_quality: float = Field(
+        0.5, ge=0, le=1,
+        description="The geometric fallback's landmarks are used only if each one's quality (1: every check it "
+        "depends on met with margin, 0: a check failed) reaches this.",
+    )
     min_confidence: float = Field(
         0.5, ge=0, le=1,
         description="A landmark whose heatmap holds less than this probability mass near its peak "

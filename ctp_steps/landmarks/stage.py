@@ -28,25 +28,65 @@ log = logging.getLogger(__name__)
 MIN_MYOCARDIUM_VOXELS = 20
 
 
-def check_detection(names, world_mm: np.ndarray, confidence: np.ndarray, cfg: LandmarkConfig, source: str) -> None:
-    """Raise PatientInputError naming every missing/low-confidence landmark, or implausible geometry."""
+def detection_problem(names, world_mm: np.ndarray, confidence: np.ndarray, cfg: LandmarkConfig, threshold: float,
+                      what: str = "confidence") -> str | None:
+    """Why a set of landmarks cannot build the AHA map (every missing or unsure landmark named), or None."""
     low = [
-        f"landmark {n} not found (confidence {c:.2f} < min_confidence {cfg.min_confidence:.2f})"
+        f"landmark {n} not found ({what} {c:.2f} < {threshold:.2f})"
         for n, c in zip(names, confidence)
-        if not np.isfinite(c) or c < cfg.min_confidence or not np.all(np.isfinite(world_mm[list(names).index(n)]))
+        if not np.isfinite(c) or c < threshold or not np.all(np.isfinite(world_mm[list(names).index(n)]))
     ]
     if low:
-        raise PatientInputError(f"{source}: " + "; ".join(low))
+        return "; ".join(low)
     lm = dict(zip(names, world_mm))
     length = float(np.linalg.norm(lm["apex"] - lm["base"]))
     if length < cfg.min_long_axis_mm:
-        raise PatientInputError(
-            f"{source}: landmarks apex and base only {length:.1f} mm apart (< min_long_axis_mm {cfg.min_long_axis_mm:.0f})"
-        )
+        return f"landmarks apex and base only {length:.1f} mm apart (< min_long_axis_mm {cfg.min_long_axis_mm:.0f})"
     try:
         long_axis_frame(lm["apex"], lm["base"], lm["rv_insertion"])
     except ValueError as exc:
-        raise PatientInputError(f"{source}: landmark rv_insertion unusable ({exc})") from None
+        return f"landmark rv_insertion unusable ({exc})"
+    return None
+
+
+@dataclass(frozen=True)
+class ChosenLandmarks:
+    """The landmarks kept, the method that found them and the attempts that failed before it."""
+
+    names: tuple[str, ...]
+    world_mm: np.ndarray
+    confidence: np.ndarray  # the net's confidence, or the geometric method's quality
+    source: str  # heatmap | geometric
+    failed_attempts: list[str]
+
+    def as_json(self) -> dict:
+        return {
+            name: {"world_mm": [float(v) for v in self.world_mm[i]], "confidence": float(self.confidence[i]),
+                   "method": self.source}
+            for i, name in enumerate(self.names)
+        }
+
+
+def choose_landmarks(det, image: np.ndarray, mask: np.ndarray, geometry, cfg: LandmarkConfig) -> ChosenLandmarks:
+    """The net's landmarks if they pass; else the geometric fallback's; else PatientInputError listing both.
+
+    The net was trained on one phantom's images; on studies unlike them it is unsure, while the masks
+    and the image's own contrast still show where the LV axis and the RV lie.
+    """
+    problem = detection_problem(det.names, det.world_mm, det.confidence, cfg, cfg.min_confidence)
+    if problem is None:
+        return ChosenLandmarks(tuple(det.names), det.world_mm, det.confidence, "heatmap", [])
+    attempts = [f"heatmap: {problem}"]
+    if cfg.fallback == "geometric":
+        from ctp_steps.landmarks.geometric import geometric_landmarks
+
+        geo = geometric_landmarks(image, mask, geometry)
+        log.info("geometric landmarks: %s (%s)", geo.as_json(), geo.failure or "no failure")
+        problem = detection_problem(geo.names, geo.world_mm, geo.quality, cfg, cfg.min_geometric_quality, "quality")
+        if problem is None:
+            return ChosenLandmarks(tuple(geo.names), geo.world_mm, geo.quality, "geometric", attempts)
+        attempts.append(f"geometric: {problem}" + (f" ({geo.failure})" if geo.failure else ""))
+    raise PatientInputError("; ".join(attempts) if len(attempts) > 1 else problem)
 
 
 Config = LandmarkConfig
@@ -87,17 +127,21 @@ def run(inputs: Inputs, outputs: Outputs, cfg: LandmarkConfig, ctx: Context) -> 
     detector = LandmarkDetector.from_checkpoint(weights, ctx.device)
     det = detector.detect(image.astype(np.float32), mask, geometry)
     log.info("landmarks: %s", det.as_json())
-    check_detection(det.names, det.world_mm, det.confidence, cfg, average_path.name)
-    lm = dict(zip(det.names, det.world_mm))
+    try:
+        chosen = choose_landmarks(det, image, mask, geometry, cfg)
+    except PatientInputError as exc:
+        raise PatientInputError(f"{average_path.name}: {exc}") from None
+    lm = dict(zip(chosen.names, chosen.world_mm))
     aha = aha_segment_map(mask, geometry, lm["apex"], lm["base"], lm["rv_insertion"], cfg.apex_cap_fraction)
-    write_json(outputs.landmarks, det.as_json())
+    write_json(outputs.landmarks, chosen.as_json())
     write_volume(outputs.aha, aha.astype(np.uint8), geometry)
-    plot_landmarks(image, mask, geometry, det.as_json(), outputs.png, title=ctx.title)
+    plot_landmarks(image, mask, geometry, chosen.as_json(), outputs.png, title=ctx.title)
     record = {
-        "landmarks_source": "heatmap",
+        "landmarks_source": chosen.source,
+        "landmarks_attempts": "; ".join(chosen.failed_attempts) or None,
         "landmarks_model_sha256": sha256_of(weights),
-        "landmark_conf_min": float(det.confidence.min()),
+        "landmark_conf_min": float(chosen.confidence.min()),
         "lv_long_axis_mm": float(np.linalg.norm(lm["apex"] - lm["base"])),
     }
-    record.update({f"landmark_conf_{n}": float(c) for n, c in zip(det.names, det.confidence)})
+    record.update({f"landmark_conf_{n}": float(c) for n, c in zip(chosen.names, chosen.confidence)})
     return record
