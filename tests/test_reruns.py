@@ -165,7 +165,7 @@ def copy_workflow(dst: Path) -> Path:
 
 def assert_uses_copy(repo_copy: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-c", "import ctp_steps.workflow as w; print(w.PACKAGE_DIR)"],
+        [sys.executable, "-c", "import ctp_steps.fingerprints as f; print(f.PACKAGE_DIR)"],
         capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(repo_copy)},
         cwd=repo_copy.parent,
     ).stdout.strip()
