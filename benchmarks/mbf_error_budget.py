@@ -43,9 +43,8 @@ def main() -> None:
     from ctp_steps.imv import IMVConfig, ischemic_region
     from ctp_steps.mbf.config import MBFConfig
     from ctp_steps.mbf.estimate import PerfusionInputs, estimate_mbf
-    from ctp_steps.mbf_validation import icc_2_1, segment_means
-    from ctp_steps.oracle import undo_motion
-    from ctp_steps.phantom import PhantomParams, displacement_field_mm, generate_patient, make_specs
+    from ctp_steps.phantom import PhantomParams, displacement_field_mm, generate_patient, make_specs, undo_motion
+    from ctp_steps.validation.mbf import icc_2_1, segment_means
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-patients", type=int, default=6)

@@ -8,7 +8,7 @@ true per-frame masks (`--masks truth`: what the `segment_frames` oracle gives) o
 the shipped frame VB-Net's (`--masks vbnet`: what the default pipeline gives). Each method runs the
 stage's in-memory path (`register_arrays`: reference choice, LV box, method,
 field pasted back, frames and masks warped, QC) with the same thread count;
-accuracy is measured against the phantom's true motion (ctp_steps.registration.validation).
+accuracy is measured against the phantom's true motion (ctp_steps.validation.registration).
 Rows: learned (shipped weights, loaded per patient as a pipeline job does),
 simpleitk (the configured baseline), optionally simpleitk-fast (a coarse,
 short B-spline), and the LV-centroid translation alone (the initialisation both
@@ -59,7 +59,7 @@ def main() -> None:
     from ctp_steps.registration.crop import box_region
     from ctp_steps.registration.learned import LearnedRegistrar, resolve_device
     from ctp_steps.registration.stage import register_arrays
-    from ctp_steps.registration.validation import metrics_from_arrays
+    from ctp_steps.validation.registration import metrics_from_arrays
     from ctp_steps.registration.warp import crop_geometry
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -61,6 +61,7 @@ SEGMENT_NAMES = {
     16: "apical lateral",
     17: "apex",
 }
+N_SEGMENTS = len(SEGMENT_NAMES)
 TERRITORY_SEGMENTS = {
     "LAD": (1, 2, 7, 8, 13, 14, 17),
     "RCA": (3, 4, 9, 10, 15),

@@ -25,13 +25,11 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ctp_steps.aha import SEGMENT_TERRITORY, TERRITORY_SEGMENTS
+from ctp_steps.aha import N_SEGMENTS, SEGMENT_TERRITORY, TERRITORY_SEGMENTS
 from ctp_steps.stages import Context, PatientInputs, PatientOutputs
 
 if TYPE_CHECKING:
     import pandas as pd
-
-N_SEGMENTS = 17
 
 
 class IMVConfig(BaseModel):
@@ -149,7 +147,7 @@ def run(inputs: Inputs, outputs: Outputs, cfg: IMVConfig, ctx: Context) -> dict:
     myocardium, _ = read_volume(inputs.myocardium)
     aha17, _ = read_volume(inputs.aha)
     myo = myocardium > 0
-    voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
+    voxel_ml = geometry.voxel_ml
     result = ischemic_region(mbf, myo, aha17, voxel_ml, cfg)
     write_volume(outputs.ischemia, result.ischemia.astype(np.uint8), geometry)
     segments = segment_table(result.ischemia, myo, aha17, voxel_ml)
@@ -160,7 +158,7 @@ def run(inputs: Inputs, outputs: Outputs, cfg: IMVConfig, ctx: Context) -> dict:
 
 def imv_figure(segments: pd.DataFrame, threshold: float, out_png: Path) -> None:
     """Bull's-eye of the ischemic share of each segment."""
-    from ctp_steps.landmarks.bullseye import plot_bullseye
+    from ctp_steps.bullseye import plot_bullseye
 
     plot_bullseye(
         dict(zip(segments.segment, segments.ischemic_pct)), f"ischemic % per segment (MBF < {threshold:.0f})",

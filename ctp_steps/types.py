@@ -29,6 +29,11 @@ class Geometry:
         """3x3 matrix whose columns are the world directions of the x, y, z index axes."""
         return np.asarray(self.direction, dtype=float).reshape(3, 3)
 
+    @property
+    def voxel_ml(self) -> float:
+        """Volume of one voxel (mL)."""
+        return float(np.prod(self.spacing)) / 1000.0
+
     def index_to_world(self, ijk_xyz: np.ndarray) -> np.ndarray:
         """Continuous indices (..., 3) in (x, y, z) order → world LPS mm (..., 3)."""
         ijk = np.asarray(ijk_xyz, dtype=float)

@@ -11,7 +11,7 @@ import pytest
 
 from ctp_steps.imv import IMVConfig, imv_record, ischemic_region, mbf_threshold, segment_table
 from ctp_steps.io import read_status, read_volume, write_json, write_volume
-from ctp_steps.mbf_validation import imv_patient_metrics
+from ctp_steps.validation.imv import imv_patient_metrics
 from ctp_steps.types import Geometry
 
 GEOMETRY = Geometry((0.0, 0.0, 0.0), (2.0, 2.0, 2.5), (1, 0, 0, 0, 1, 0, 0, 0, 1))

@@ -217,7 +217,7 @@ def test_config_validates_territories():
 
 
 def test_bullseye_layout_and_plot(tmp_path):
-    from ctp_steps.landmarks.bullseye import plot_bullseye, segment_wedges
+    from ctp_steps.bullseye import plot_bullseye, segment_wedges
 
     wedges = segment_wedges()
     assert sorted(wedges) == list(range(1, 18))
@@ -239,7 +239,7 @@ def test_bullseye_layout_and_plot(tmp_path):
 
 
 def test_validation_metrics_are_zero_for_exact_landmarks():
-    from ctp_steps.landmarks.validation import landmark_metric_values
+    from ctp_steps.validation.landmarks import landmark_metric_values
 
     truth = {"apex": [50.0, -50.0, -50.0], "base": [0.0, 0.0, 0.0], "rv_insertion": [-20.0, -25.0, 10.0]}
     seg = np.array([0, 1, 2, 17, 5], np.uint8)

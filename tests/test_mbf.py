@@ -33,7 +33,7 @@ from ctp_steps.mbf.kinetics import (
     one_compartment,
 )
 from ctp_steps.mbf.tac import arterial_input, gamma_variates
-from ctp_steps.mbf_validation import icc_2_1
+from ctp_steps.validation.mbf import icc_2_1
 from ctp_steps.types import Geometry, PatientInputError
 
 CPU = torch.device("cpu")

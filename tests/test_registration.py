@@ -318,7 +318,7 @@ def test_simpleitk_baseline_runs_on_the_box(tiny_patient):
 
 def test_motion_closed_form_matches_the_phantom(tiny_patient):
     from ctp_steps.phantom import displacement_field_mm
-    from ctp_steps.registration.validation import motion_at, where_seen
+    from ctp_steps.validation.truth import motion_at, where_seen
 
     g = tiny_patient.geometry
     m = tiny_patient.truth["motion"]["frames"][2]
@@ -331,7 +331,8 @@ def test_motion_closed_form_matches_the_phantom(tiny_patient):
 
 def test_validation_metrics_exact_field_and_translation(tiny_patient):
     from ctp_steps.registration.stage import register_arrays
-    from ctp_steps.registration.validation import metrics_from_arrays, true_field
+    from ctp_steps.validation.registration import metrics_from_arrays
+    from ctp_steps.validation.truth import true_field
 
     g, labels = tiny_patient.geometry, tiny_patient.frame_labels
     motion, landmarks = tiny_patient.truth["motion"]["frames"], tiny_patient.truth["landmarks"]
@@ -351,7 +352,7 @@ def test_validation_metrics_exact_field_and_translation(tiny_patient):
 
 
 def test_truth_in_reference_frame_matches_the_phantom_frame_labels(tiny_patient):
-    from ctp_steps.registration.validation import truth_in_reference_frame
+    from ctp_steps.validation.truth import truth_in_reference_frame
 
     k = 5
     moved = truth_in_reference_frame(tiny_patient.labels, tiny_patient.geometry, tiny_patient.truth["motion"]["frames"][k])
@@ -393,7 +394,7 @@ def test_training_data_never_uses_cohort_patients(tmp_path):
 
 def test_truth_helpers_for_downstream_validation(tiny_patient, tmp_path):
     from ctp_steps.io import write_json, write_status
-    from ctp_steps.registration.validation import landmarks_in_reference_frame, motion_at, reference_motion
+    from ctp_steps.validation.truth import landmarks_in_reference_frame, motion_at, reference_motion
     from ctp_steps.types import StageStatus
 
     truth_dir, patient_dir = tmp_path / "truth", tmp_path / "patient"
@@ -419,10 +420,10 @@ def test_downstream_validation_takes_the_truth_into_the_reference_frame(tiny_pat
     import pandas as pd
 
     from ctp_steps.io import read_volume, write_json, write_status, write_volume
-    from ctp_steps.landmarks.validation import landmark_metrics
+    from ctp_steps.validation.landmarks import landmark_metrics
     from ctp_steps.phantom import write_truth
-    from ctp_steps.registration.validation import truth_in_reference_frame, truth_map_in_reference_frame
-    from ctp_steps.segmentation.validation import myocardium_metrics
+    from ctp_steps.validation.truth import truth_in_reference_frame, truth_map_in_reference_frame
+    from ctp_steps.validation.segmentation import myocardium_metrics
     from ctp_steps.types import StageStatus
 
     p, g, k = tiny_patient, tiny_patient.geometry, 3

@@ -90,8 +90,8 @@ def _ship(args: argparse.Namespace) -> None:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    from ctp_steps.landmarks.validation import landmark_metrics
-    from ctp_steps.validate import write_metrics
+    from ctp_steps.validation.landmarks import landmark_metrics
+    from ctp_steps.validation.rows import write_metrics
 
     rows = landmark_metrics(
         Path(args.truth_dir), Path(args.landmarks), Path(args.aha), Path(args.status),

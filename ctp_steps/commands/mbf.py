@@ -10,8 +10,8 @@ def _validate(args: argparse.Namespace) -> None:
     import torch
 
     from ctp_steps.io import write_parquet
-    from ctp_steps.mbf_validation import mbf_patient_metrics
-    from ctp_steps.validate import write_metrics
+    from ctp_steps.validation.mbf import mbf_patient_metrics
+    from ctp_steps.validation.rows import write_metrics
 
     torch.set_num_threads(args.threads)
     metrics, segments = mbf_patient_metrics(
@@ -22,8 +22,8 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _validate_cohort(args: argparse.Namespace) -> None:
-    from ctp_steps.mbf_validation import cohort_segment_metrics
-    from ctp_steps.validate import write_metrics
+    from ctp_steps.validation.mbf import cohort_segment_metrics
+    from ctp_steps.validation.rows import write_metrics
 
     write_metrics(cohort_segment_metrics([Path(p) for p in args.inputs]), Path(args.out))
 

@@ -75,8 +75,8 @@ def _ship(args: argparse.Namespace) -> None:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    from ctp_steps.registration.validation import registration_metrics
-    from ctp_steps.validate import write_metrics
+    from ctp_steps.validation.registration import registration_metrics
+    from ctp_steps.validation.rows import write_metrics
 
     write_metrics(registration_metrics(Path(args.truth_dir), Path(args.patient_dir), Path(args.status)), Path(args.out))
 

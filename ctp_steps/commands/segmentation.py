@@ -14,8 +14,8 @@ def _config(args: argparse.Namespace):
 
 
 def _validate(args: argparse.Namespace) -> None:
-    from ctp_steps.segmentation.validation import frames_metrics, myocardium_metrics
-    from ctp_steps.validate import write_metrics
+    from ctp_steps.validation.rows import write_metrics
+    from ctp_steps.validation.segmentation import frames_metrics, myocardium_metrics
 
     truth = Path(args.truth_dir)
     if args.what == "frames":

@@ -7,7 +7,8 @@ from pathlib import Path
 
 
 def _conversion(args: argparse.Namespace) -> None:
-    from ctp_steps.validate import conversion_metrics, write_metrics
+    from ctp_steps.validation.conversion import conversion_metrics
+    from ctp_steps.validation.rows import write_metrics
 
     rows = conversion_metrics(
         Path(args.truth_dir), Path(args.series), Path(args.frames), Path(args.status), args.params_json
@@ -16,14 +17,14 @@ def _conversion(args: argparse.Namespace) -> None:
 
 
 def _imv(args: argparse.Namespace) -> None:
-    from ctp_steps.mbf_validation import imv_patient_metrics
-    from ctp_steps.validate import write_metrics
+    from ctp_steps.validation.imv import imv_patient_metrics
+    from ctp_steps.validation.rows import write_metrics
 
     write_metrics(imv_patient_metrics(Path(args.truth_dir), Path(args.patient_dir), args.config_json), Path(args.out))
 
 
 def _summary(args: argparse.Namespace) -> None:
-    from ctp_steps.validate import summarize_metrics
+    from ctp_steps.validation.summary import summarize_metrics
 
     summarize_metrics([Path(p) for p in args.inputs], Path(args.out_dir))
 

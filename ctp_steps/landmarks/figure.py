@@ -31,7 +31,7 @@ def plot_landmarks(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ctp_steps.io import atomic_path
+    from ctp_steps.figures import save_png
 
     sp = np.asarray(geometry.spacing)  # x, y, z
     shape = np.asarray(image_zyx.shape)
@@ -70,6 +70,4 @@ def plot_landmarks(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    save_png(fig, out_png, dpi=80)

@@ -9,31 +9,19 @@ import numpy as np
 import pandas as pd
 
 from ctp_steps.aha import SEGMENT_TERRITORY
-from ctp_steps.landmarks.bullseye import draw_bullseye
+from ctp_steps.bullseye import draw_bullseye
+from ctp_steps.figures import save_png
 
 TERRITORY_COLOURS = {"LAD": "tab:blue", "RCA": "tab:green", "LCX": "tab:red"}
 
 
-def save_figure(fig, out_png: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    from ctp_steps.io import atomic_path
-
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
-    plt.close(fig)
-
-
-def mbf_figure(est, segments: pd.DataFrame, out_png: Path) -> None:
-    """AIF (measured and model), segment mean curves with fits, MBF bull's-eye."""
+def mbf_figure(est, tac: pd.DataFrame, segments: pd.DataFrame, out_png: Path) -> None:
+    """AIF (measured and model), segment mean curves with fits (`tac`: the stage's tac_table), MBF bull's-eye."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ctp_steps.mbf.stage import tac_table
-
-    tac = tac_table(est)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     aif = tac[tac.curve == "aif"]
     for kind, style in (("measured", "o"), ("model", "-")):
@@ -56,4 +44,4 @@ def mbf_figure(est, segments: pd.DataFrame, out_png: Path) -> None:
     finite = np.asarray([v for v in values.values() if math.isfinite(v)])
     draw_bullseye(axes[2], values, "MBF (segment mean)", "inferno", 0.0,
                   float(max(300.0, finite.max())) if finite.size else 300.0, "mL/100mL/min")
-    save_figure(fig, out_png)
+    save_png(fig, out_png, dpi=100, bbox_inches="tight")

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctp_steps.aha import SEGMENT_TERRITORY, TERRITORY_SEGMENTS
+from ctp_steps.aha import N_SEGMENTS, SEGMENT_TERRITORY, TERRITORY_SEGMENTS
 from ctp_steps.io import read_json, read_series, read_volume, write_parquet, write_volume
 from ctp_steps.mbf.config import MBFConfig
 from ctp_steps.mbf.estimate import MBFEstimate, PerfusionInputs, estimate_mbf
 from ctp_steps.mbf.fit import model_curves
-from ctp_steps.mbf.tac import N_SEGMENTS, read_aif
+from ctp_steps.mbf.tac import read_aif
 from ctp_steps.stages import Context, PatientInputs, PatientOutputs
 from ctp_steps.types import Geometry
 
@@ -67,10 +67,6 @@ def read_inputs(paths: Inputs) -> PerfusionInputs:
     )
 
 
-def voxel_ml(geometry: Geometry) -> float:
-    return float(np.prod(geometry.spacing)) / 1000.0
-
-
 def segment_table(est: MBFEstimate, geometry: Geometry) -> pd.DataFrame:
     """17 rows: MBF statistics of the regularised map per AHA segment (NaN where a segment is empty)."""
     rows = []
@@ -88,7 +84,7 @@ def segment_table(est: MBFEstimate, geometry: Geometry) -> pd.DataFrame:
                 "mbf_raw_mean": float(raw.mean()) if raw.size else math.nan,
                 "mbf_curve_fit": curve_fit.get(s, math.nan),
                 "n_voxels": int(sel.sum()),
-                "volume_ml": float(sel.sum() * voxel_ml(geometry)),
+                "volume_ml": float(sel.sum() * geometry.voxel_ml),
             }
         )
     return pd.DataFrame(rows)
@@ -122,7 +118,7 @@ def mbf_record(est: MBFEstimate, geometry: Geometry) -> dict:
     record = {
         "mbf_global": _mean_or_none(mbf),
         "mbf_raw_global": _mean_or_none(est.raw.mbf),
-        "mbf_myocardium_ml": float(est.mask.sum() * voxel_ml(geometry)),
+        "mbf_myocardium_ml": float(est.mask.sum() * geometry.voxel_ml),
         "mbf_aif_peak_hu": est.aif.peak_hu,
         "mbf_aif_baseline_hu": est.aif.baseline_hu,
         "mbf_aif_fit_rms_hu": est.aif.fit_rms_hu,
@@ -148,8 +144,9 @@ def run(inputs: Inputs, outputs: Outputs, cfg: MBFConfig, ctx: Context) -> dict:
     write_volume(outputs.mbf_raw, est.volume(est.raw.mbf), data.geometry)
     if outputs.blood_volume is not None:
         write_volume(outputs.blood_volume, est.volume(est.raw.params["vb"]), data.geometry)
-    write_parquet(outputs.tac, tac_table(est))
+    tac = tac_table(est)
+    write_parquet(outputs.tac, tac)
     segments = segment_table(est, data.geometry)
     write_parquet(outputs.segments, segments, metadata={"method": est.method, "units": "mL/100mL/min"})
-    mbf_figure(est, segments, outputs.qc)
+    mbf_figure(est, tac, segments, outputs.qc)
     return mbf_record(est, data.geometry)

@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctp_steps.aha import SEGMENT_NAMES
+from ctp_steps.aha import N_SEGMENTS
 from ctp_steps.types import PatientInputError
 
-N_SEGMENTS = len(SEGMENT_NAMES)
 AIF_GRID_DT_S = 0.25  # AIF grid of the kinetic models; on phantom curves a finer grid changes MBF by < 0.5 %
 
 

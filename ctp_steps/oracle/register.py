@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from ctp_steps.io import read_json, read_series, write_series, write_volume
-from ctp_steps.oracle import undo_motion
 from ctp_steps.stages import Context, PatientInputs, PatientOutputs
 
 Config = None
@@ -27,7 +26,7 @@ class Outputs(PatientOutputs):
 
 
 def run(inputs: Inputs, outputs: Outputs, cfg: None, ctx: Context) -> dict:
-    from ctp_steps.phantom import displacement_field_mm
+    from ctp_steps.phantom import displacement_field_mm, undo_motion
 
     series, geometry = read_series(inputs.series)
     motion = read_json(inputs.truth)["motion"]["frames"]

@@ -6,7 +6,7 @@
 
 Modules, one concern each: params (settings, specs, seeds), grid (fine/padded
 grids, block reductions), anatomy, perfusion (true MBF map), kinetics (blood
-and tissue curves), acquisition (frame times, kVp, noise level), motion,
+and tissue curves), acquisition (frame times, kVp, noise level), motion (and its inverse, undo_motion),
 render (image formation), truth (truth maps and files), patient (assembly),
 dicom_writer (vendor conventions). outcomes (covariates, MACE) is separate.
 
@@ -26,6 +26,7 @@ _LAZY = {
     "write_truth": "truth",
     "true_imv_pct": "truth",
     "displacement_field_mm": "motion",
+    "undo_motion": "motion",
 }
 
 __all__ = ["VENDOR_STYLES", "PatientSpec", "PhantomParams", "make_specs", *_LAZY]

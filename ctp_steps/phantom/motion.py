@@ -67,3 +67,39 @@ def displacement_field_mm(motion_params: dict, geometry: Geometry, shape_zyx) ->
         for c, v in enumerate(mode["vector_mm"]):
             u[c] += np.float32(v) * bump
     return np.stack(u, axis=-1)
+
+
+# The inverse: a moved frame resampled back onto the un-moved anatomy with the TRUE motion.
+# Used by the oracle registration and by the segmentation training data (never by a pipeline stage).
+
+
+def world_grid(geometry: Geometry, shape_zyx: tuple[int, int, int]) -> np.ndarray:
+    """World coordinates (z, y, x, 3) of every voxel centre."""
+    z, y, x = np.meshgrid(*(np.arange(n, dtype=float) for n in shape_zyx), indexing="ij")
+    return geometry.index_to_world(np.stack([x, y, z], axis=-1))
+
+
+def sample(volume: np.ndarray, geometry: Geometry, points_world: np.ndarray, order: int = 1) -> np.ndarray:
+    """Trilinear (or nearest) interpolation of a (z, y, x) volume at world points (..., 3)."""
+    from scipy import ndimage
+
+    ijk = geometry.world_to_index(points_world)
+    coords = np.moveaxis(ijk[..., ::-1], -1, 0)  # (3, ...) in (z, y, x) order
+    return ndimage.map_coordinates(volume, coords, order=order, mode="nearest")
+
+
+def undo_motion(
+    frame: np.ndarray, displacement_mm: np.ndarray, geometry: Geometry, iterations: int = 4
+) -> np.ndarray:
+    """Resample a moved frame back onto the reference anatomy.
+
+    The phantom's convention: the frame at world p shows the anatomy at p + u(p).
+    The anatomy point q is therefore seen at the p solving p + u(p) = q, found by
+    fixed-point iteration p ← q − u(p) (converges: u is smooth and small).
+    """
+    q = world_grid(geometry, frame.shape)
+    p = q.copy()
+    for _ in range(iterations):
+        u = np.stack([sample(displacement_mm[..., c], geometry, p) for c in range(3)], axis=-1)
+        p = q - u
+    return sample(frame, geometry, p).astype(np.float32)

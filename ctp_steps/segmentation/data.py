@@ -4,8 +4,8 @@ One `.npz` per patient holds what both models learn from:
 - `frames` (t, z, y, x) int16 HU and `frame_labels` (t, z, y, x) uint8 (1 aorta,
   2 LV blood pool where each frame shows them): the frames model;
 - `aligned` (t, z, y, x) int16 HU: every frame moved back onto the reference
-  anatomy with the phantom's TRUE motion (`ctp_steps.oracle.undo_motion`, the
-  same resampling the oracle registration does), and `myocardium` (z, y, x)
+  anatomy with the phantom's TRUE motion (`ctp_steps.phantom.motion.undo_motion`,
+  the same resampling the oracle registration does), and `myocardium` (z, y, x)
   uint8, the true myocardium at the reference anatomy: the myocardium model
   learns on averages of these. Using the true alignment is deliberate (the
   registration stage is trained separately); the model card says so.
@@ -40,8 +40,7 @@ def _int16(hu: np.ndarray) -> np.ndarray:
 
 def make_case(spec, params) -> dict[str, np.ndarray]:
     """Arrays of one training patient (deterministic in spec and params)."""
-    from ctp_steps.oracle import undo_motion
-    from ctp_steps.phantom import displacement_field_mm, generate_patient
+    from ctp_steps.phantom import displacement_field_mm, generate_patient, undo_motion
 
     p = generate_patient(spec, params)
     g: Geometry = p.geometry

@@ -17,7 +17,7 @@ from ctp_steps.io import read_json, read_series, write_parquet, write_series
 from ctp_steps.segmentation.aif import aif_record, aorta_aif
 from ctp_steps.segmentation.config import SegmentationConfig
 from ctp_steps.segmentation.postprocess import check_volume, clean_series
-from ctp_steps.segmentation.stage import AORTA, LV_BLOOD, load_checked, voxel_ml
+from ctp_steps.segmentation.stage import AORTA, LV_BLOOD, load_checked
 from ctp_steps.stages import Context, PatientInputs, PatientOutputs
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def run(inputs: Inputs, outputs: Outputs, cfg: SegmentationConfig, ctx: Context)
     labels = predict(model, series.astype(np.float32), tuple(geometry.spacing[::-1]), cfg.batch_size, cfg.amp)
     labels = clean_series(labels, (AORTA, LV_BLOOD))
     log.info("segmented %d frames on %s in %.1f s", len(series), model.device, time.perf_counter() - t0)
-    ml = voxel_ml(geometry)
+    ml = geometry.voxel_ml
     aorta_ml = (labels == AORTA).sum(axis=(1, 2, 3)) * ml
     lv_ml = (labels == LV_BLOOD).sum(axis=(1, 2, 3)) * ml
     check_volume("aorta", aorta_ml, cfg.aorta_ml, str(inputs.series))

@@ -13,7 +13,7 @@ import numpy as np
 from ctp_steps.io import read_volume, write_volume
 from ctp_steps.segmentation.config import SegmentationConfig
 from ctp_steps.segmentation.postprocess import check_volume, clean_labels, myocardium_hole_voxels
-from ctp_steps.segmentation.stage import MYO_CLASS, load_checked, voxel_ml
+from ctp_steps.segmentation.stage import MYO_CLASS, load_checked
 from ctp_steps.stages import Context, PatientInputs, PatientOutputs
 
 Config = SegmentationConfig
@@ -38,7 +38,7 @@ def run(inputs: Inputs, outputs: Outputs, cfg: SegmentationConfig, ctx: Context)
     labels = predict(model, average[None].astype(np.float32), tuple(geometry.spacing[::-1]), 1, cfg.amp)[0]
     holes = myocardium_hole_voxels(geometry.spacing)
     myocardium = clean_labels(labels, (MYO_CLASS,), holes) == MYO_CLASS
-    volume_ml = float(myocardium.sum() * voxel_ml(geometry))
+    volume_ml = float(myocardium.sum() * geometry.voxel_ml)
     check_volume("myocardium", np.array([volume_ml]), cfg.myocardium_ml, str(inputs.average))
     write_volume(outputs.myocardium, myocardium.astype(np.uint8), geometry)
     return {

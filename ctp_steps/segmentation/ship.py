@@ -17,7 +17,7 @@ from ctp_steps.segmentation.config import SegmentationConfig
 
 ALIGNMENT_NOTE = (
     "Training averages use the phantom's TRUE alignment: every frame moved back onto the reference anatomy with "
-    "the true motion (ctp_steps.oracle.undo_motion, the oracle registration's resampling), not the registration "
+    "the true motion (ctp_steps.phantom.motion.undo_motion, the oracle registration's resampling), not the registration "
     "stage's output. Retrain on the registration stage's averages once it is validated."
 )
 

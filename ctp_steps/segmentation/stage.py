@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from ctp_steps.models import MANIFEST, read_manifest, verified_weights
 
 AORTA, LV_BLOOD = 1, 2  # frames model classes
@@ -35,7 +33,3 @@ def load_checked(name: str, weights: Path, device, manifest: Path | None):
 
     path, sha = checked_weights(name, weights, manifest or MANIFEST)
     return load_model(path, device), sha
-
-
-def voxel_ml(geometry) -> float:
-    return float(np.prod(geometry.spacing)) / 1000.0

@@ -1,6 +1,6 @@
 """Validation of the segmentation stages against the phantom's hidden truth (the `validate` target only).
 
-Per patient (long rows, `ctp_steps.validate.METRIC_COLUMNS`):
+Per patient (long rows, `ctp_steps.validation.rows`):
 - stage `segment_frames`: `dice` (targets `aorta`, `lv`; pooled over all frames),
   `dice_min_frame` (worst single frame), `aif_peak_rel_error` (|measured − true|
   peak enhancement over the frames / true, the truth sampled at the same frame
@@ -10,7 +10,7 @@ Per patient (long rows, `ctp_steps.validate.METRIC_COLUMNS`):
   myocardium where the registered series shows it: the un-moved anatomy for the
   oracle registration, or, when the register stage records a reference frame
   (`registration_reference_frame`), the true labels moved by that frame's true
-  motion (ctp_steps.registration.validation.truth_map_in_reference_frame).
+  motion (ctp_steps.validation.truth.truth_map_in_reference_frame).
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ import numpy as np
 import pandas as pd
 
 from ctp_steps.io import read_json, read_series, read_status, read_volume
-from ctp_steps.validate import METRIC_COLUMNS
-
-AORTA, LV_BLOOD, MYOCARDIUM = 1, 2, 3
+from ctp_steps.validation.rows import patient_rows
+from ctp_steps.validation.truth import AORTA, LV_BLOOD, MYOCARDIUM, truth_map_in_reference_frame
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -32,44 +31,37 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if denom == 0 else 2.0 * int(np.logical_and(pred, truth).sum()) / denom
 
 
-def _frame(rows: list, truth_dir: Path) -> pd.DataFrame:
-    patient_id, center = truth_dir.name, truth_dir.parent.name
-    return pd.DataFrame([(patient_id, center, *r) for r in rows], columns=METRIC_COLUMNS)
-
-
 def frames_metrics(truth_dir: Path, masks_path: Path, aif_path: Path, status_path: Path) -> pd.DataFrame:
     stage = "segment_frames"
     names = {AORTA: "aorta", LV_BLOOD: "lv"}
     if read_status(status_path).status != "ok":
-        rows = [(stage, "segment_frames_ok", "all", 0.0)]
-        rows += [(stage, m, n, np.nan) for n in names.values() for m in ("dice", "dice_min_frame")]
-        rows += [(stage, "aif_peak_rel_error", "aif", np.nan), (stage, "aif_rmse_hu", "aif", np.nan)]
-        return _frame(rows, truth_dir)
+        rows = [("segment_frames_ok", "all", 0.0)]
+        rows += [(m, n, np.nan) for n in names.values() for m in ("dice", "dice_min_frame")]
+        rows += [("aif_peak_rel_error", "aif", np.nan), ("aif_rmse_hu", "aif", np.nan)]
+        return patient_rows(truth_dir, stage, rows)
     pred, _ = read_series(masks_path)
     truth, _ = read_series(truth_dir / "frame_labels.nii.gz")
-    rows = [(stage, "segment_frames_ok", "all", 1.0)]
+    rows = [("segment_frames_ok", "all", 1.0)]
     for label, name in names.items():
-        rows.append((stage, "dice", name, dice(pred == label, truth == label)))
-        rows.append((stage, "dice_min_frame", name, min(dice(p == label, t == label) for p, t in zip(pred, truth))))
+        rows.append(("dice", name, dice(pred == label, truth == label)))
+        rows.append(("dice_min_frame", name, min(dice(p == label, t == label) for p, t in zip(pred, truth))))
     true_aif = np.asarray(read_json(truth_dir / "truth.json")["aif"], dtype=float)
     measured = pd.read_parquet(aif_path)["enhancement_hu"].to_numpy(dtype=float)
-    rows.append((stage, "aif_peak_rel_error", "aif", abs(measured.max() - true_aif.max()) / true_aif.max()))
-    rows.append((stage, "aif_rmse_hu", "aif", float(np.sqrt(np.mean((measured - true_aif) ** 2)))))
-    return _frame(rows, truth_dir)
+    rows.append(("aif_peak_rel_error", "aif", abs(measured.max() - true_aif.max()) / true_aif.max()))
+    rows.append(("aif_rmse_hu", "aif", float(np.sqrt(np.mean((measured - true_aif) ** 2)))))
+    return patient_rows(truth_dir, stage, rows)
 
 
 def myocardium_metrics(
     truth_dir: Path, mask_path: Path, status_path: Path, register_status: Path | None = None
 ) -> pd.DataFrame:
-    from ctp_steps.registration.validation import truth_map_in_reference_frame
-
     stage = "segment_myocardium"
     if read_status(status_path).status != "ok":
-        return _frame([(stage, "segment_myocardium_ok", "all", 0.0), (stage, "dice", "myocardium", np.nan)], truth_dir)
+        return patient_rows(truth_dir, stage, [("segment_myocardium_ok", "all", 0.0), ("dice", "myocardium", np.nan)])
     pred, _ = read_volume(mask_path)
     truth, _ = truth_map_in_reference_frame(truth_dir, "labels", register_status)
     rows = [
-        (stage, "segment_myocardium_ok", "all", 1.0),
-        (stage, "dice", "myocardium", dice(pred == 1, truth == MYOCARDIUM)),
+        ("segment_myocardium_ok", "all", 1.0),
+        ("dice", "myocardium", dice(pred == 1, truth == MYOCARDIUM)),
     ]
-    return _frame(rows, truth_dir)
+    return patient_rows(truth_dir, stage, rows)

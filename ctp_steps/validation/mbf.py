@@ -1,7 +1,7 @@
-"""MBF and IMV against the phantom's truth: per-patient metrics, and the cohort's segment agreement.
+"""MBF against the phantom's truth: per-patient metrics, and the cohort's segment agreement.
 
 Only the validation rules call this module; it reads the truth folder.
-Per-patient rows follow ctp_steps.validate (patient_id, center, stage, metric,
+Per-patient rows follow ctp_steps.validation.rows (patient_id, center, stage, metric,
 target, value). MBF metrics have one target per method and map: `<method>`
 for the regularised map (`mbf.nii.gz` for the configured method; the others
 are re-estimated here from the same inputs), `<method>_raw` for the voxel-wise
@@ -16,12 +16,10 @@ Definitions:
 - mbf_segment_icc = ICC(2,1): two-way random effects, absolute agreement, single measure
   (Shrout & Fleiss 1979), segments of all patients as subjects, estimate and truth as raters
 - mbf_segment_ba_bias / _loa_low / _loa_high = Bland-Altman mean difference and 95 % limits
-- imv_pct_abs_error = |IMV% - true IMV%|, imv_pct_error its signed value
-- ischemia_dice = Dice of the ischemic masks, only where true IMV% >= 5 (NaN elsewhere)
 
 The truth maps describe the phantom's un-moved anatomy; the pipeline's maps are
 in the space of the registration's reference frame, so the maps are first moved
-there (`truth_maps`); segment and global truths are means over tissue and need no move.
+there (`ctp_steps.validation.truth.truth_maps`); segment and global truths are means over tissue and need no move.
 """
 
 from __future__ import annotations
@@ -32,35 +30,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctp_steps.aha import TERRITORY_SEGMENTS
+from ctp_steps.aha import N_SEGMENTS
 from ctp_steps.io import read_json, read_status, read_volume
 from ctp_steps.layout import file_name, status_name
-from ctp_steps.types import Geometry
-from ctp_steps.validate import METRIC_COLUMNS
+from ctp_steps.validation.rows import metric_frame, patient_keys, patient_rows
+from ctp_steps.validation.truth import MYOCARDIUM, truth_maps
 
-MYOCARDIUM_LABEL = 3
-DICE_MIN_TRUE_IMV_PCT = 5.0
 SEGMENT_COLUMNS = ["patient_id", "center", "target", "segment", "mbf_est", "mbf_true"]
-
-
-def _keys(truth_dir: Path) -> tuple[str, str]:
-    return truth_dir.name, truth_dir.parent.name
-
-
-def _rows(truth_dir: Path, stage: str, rows: list[tuple[str, str, float]]) -> pd.DataFrame:
-    patient_id, center = _keys(truth_dir)
-    return pd.DataFrame([(patient_id, center, stage, *r) for r in rows], columns=METRIC_COLUMNS)
-
-
-def truth_maps(truth_dir: Path, patient_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, Geometry]:
-    """True MBF, labels and AHA segments as the registered series shows them, and their geometry."""
-    from ctp_steps.registration.validation import truth_map_in_reference_frame
-
-    register_status = patient_dir / status_name("register")
-    mbf, geometry = truth_map_in_reference_frame(truth_dir, "mbf", register_status)
-    labels, _ = truth_map_in_reference_frame(truth_dir, "labels", register_status)
-    aha17, _ = truth_map_in_reference_frame(truth_dir, "aha17", register_status)
-    return mbf, labels, aha17, geometry
 
 
 def map_metrics(est: np.ndarray, mask: np.ndarray, truth: np.ndarray, true_myo: np.ndarray, true_global: float) -> dict:
@@ -76,7 +52,7 @@ def map_metrics(est: np.ndarray, mask: np.ndarray, truth: np.ndarray, true_myo: 
 def segment_means(mbf: np.ndarray, mask: np.ndarray, aha17: np.ndarray) -> np.ndarray:
     """Mean MBF of segments 1..17 (NaN where empty)."""
     return np.array(
-        [float(mbf[mask & (aha17 == s)].mean()) if (mask & (aha17 == s)).any() else math.nan for s in range(1, 18)]
+        [float(mbf[mask & (aha17 == s)].mean()) if (mask & (aha17 == s)).any() else math.nan for s in range(1, N_SEGMENTS + 1)]
     )
 
 
@@ -89,13 +65,13 @@ def mbf_patient_metrics(
     from ctp_steps.devices import resolve_device
     from ctp_steps.mbf.stage import Inputs, read_inputs
 
-    patient_id, center = _keys(truth_dir)
+    patient_id, center = patient_keys(truth_dir)
     if read_status(patient_dir / status_name("mbf")).status != "ok":
-        return _rows(truth_dir, "mbf", [("mbf_ok", "all", 0.0)]), pd.DataFrame(columns=SEGMENT_COLUMNS)
+        return patient_rows(truth_dir, "mbf", [("mbf_ok", "all", 0.0)]), pd.DataFrame(columns=SEGMENT_COLUMNS)
     cfg = MBFConfig.model_validate_json(mbf_config_json)
     truth = read_json(truth_dir / "truth.json")
     true_mbf, labels, _, _ = truth_maps(truth_dir, patient_dir)
-    true_myo = labels == MYOCARDIUM_LABEL
+    true_myo = labels == MYOCARDIUM
     true_segments = np.array([math.nan if v is None else v for v in truth["mbf_segments"]], dtype=float)
     inputs = read_inputs(
         Inputs(
@@ -123,7 +99,7 @@ def mbf_patient_metrics(
         segment_rows += [
             (patient_id, center, target, s + 1, est_segments[s], true_segments[s]) for s in range(17)
         ]
-    return _rows(truth_dir, "mbf", rows), pd.DataFrame(segment_rows, columns=SEGMENT_COLUMNS)
+    return patient_rows(truth_dir, "mbf", rows), pd.DataFrame(segment_rows, columns=SEGMENT_COLUMNS)
 
 
 def icc_2_1(ratings: np.ndarray) -> float:
@@ -156,37 +132,4 @@ def cohort_segment_metrics(segment_tables: list[Path]) -> pd.DataFrame:
                 ("mbf_segment_ba_loa_high", target, float(diff.mean() + 1.96 * sd)),
                 ("mbf_segment_n", target, float(len(pairs))),
             ]
-    return pd.DataFrame([("all", "all", "mbf", *r) for r in rows], columns=METRIC_COLUMNS)
-
-
-def imv_patient_metrics(truth_dir: Path, patient_dir: Path, imv_config_json: str) -> pd.DataFrame:
-    """IMV% error and ischemia Dice of the IMV stage (target lv, lad, rca, lcx) and, as the
-    regularisation's check, of the same IMV rule applied to the voxel-wise map (target lv_raw)."""
-    from ctp_steps.imv import IMVConfig, ischemic_region
-
-    if read_status(patient_dir / status_name("imv")).status != "ok":
-        return _rows(truth_dir, "imv", [("imv_ok", "all", 0.0)])
-    cfg = IMVConfig.model_validate_json(imv_config_json)
-    truth = read_json(truth_dir / "truth.json")
-    true_mbf, labels, true_aha, geometry = truth_maps(truth_dir, patient_dir)
-    true_myo = labels == MYOCARDIUM_LABEL
-    true_isch = true_myo & (true_mbf < truth["ischemia_threshold_mbf"])
-    myo = read_volume(patient_dir / file_name("myocardium"))[0] > 0
-    aha = read_volume(patient_dir / file_name("aha17"))[0]
-    voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
-    raw = ischemic_region(read_volume(patient_dir / file_name("mbf_raw"))[0], myo, aha, voxel_ml, cfg).ischemia
-    estimates = {"lv": read_volume(patient_dir / file_name("ischemia"))[0] > 0, "lv_raw": raw}
-    true_pct = 100.0 * true_isch.sum() / true_myo.sum()
-    rows = [("imv_ok", "all", 1.0)]
-    for target, isch in estimates.items():
-        pct = 100.0 * isch.sum() / myo.sum()
-        dice = math.nan
-        if true_pct >= DICE_MIN_TRUE_IMV_PCT:
-            dice = 2.0 * (isch & true_isch).sum() / (isch.sum() + true_isch.sum())
-        rows += [("imv_pct_abs_error", target, abs(pct - true_pct)), ("imv_pct_error", target, pct - true_pct),
-                 ("ischemia_dice", target, dice)]
-    for terr, segs in TERRITORY_SEGMENTS.items():
-        pct = 100.0 * (estimates["lv"] & np.isin(aha, segs)).sum() / myo.sum()
-        true_terr = 100.0 * (true_isch & np.isin(true_aha, segs)).sum() / true_myo.sum()
-        rows.append(("imv_pct_abs_error", terr.lower(), abs(pct - true_terr)))
-    return _rows(truth_dir, "imv", rows)
+    return metric_frame("all", "all", "mbf", rows)

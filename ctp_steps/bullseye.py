@@ -1,5 +1,7 @@
 """Bull's-eye (AHA polar map) plot of any per-segment value: MBF, IMV, volumes, agreement...
 
+Shared by the stages' QC figures (mbf, imv), beside the AHA definition it draws.
+
 Standard AHA layout (Cerqueira et al. 2002): basal ring outside, mid, apical,
 segment 17 (apex) in the centre; anterior (1, 7, 13) at the top, septum on the
 left, lateral wall on the right. The wedges come from the same sector table as
@@ -90,10 +92,8 @@ def plot_bullseye(values: Mapping[int, float], title: str, out_png: str | Path, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ctp_steps.io import atomic_path
+    from ctp_steps.figures import save_png
 
     fig, ax = plt.subplots(figsize=(5.2, 4.4))
     draw_bullseye(ax, values, title, **style)
-    with atomic_path(Path(out_png)) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
+    save_png(fig, out_png, dpi=110, bbox_inches="tight")

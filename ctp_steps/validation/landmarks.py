@@ -1,6 +1,6 @@
 """Validation of the landmark stage against the phantom's truth (the `validate` target only).
 
-Metrics (stage `landmarks`, long format of ctp_steps.validate.METRIC_COLUMNS):
+Metrics (stage `landmarks`, long rows of ctp_steps.validation.rows):
 - `landmark_error_mm`, targets apex / base / rv_insertion: distance to the true landmark;
 - `segment_label_agreement`, target `all`: fraction of true myocardium voxels
   whose label in aha17.nii.gz equals the true segment (segmentation and
@@ -9,7 +9,7 @@ Metrics (stage `landmarks`, long format of ctp_steps.validate.METRIC_COLUMNS):
 - `long_axis_angle_error_deg` (target long_axis) and `rv_angle_error_deg`
   (target rv_insertion): angle between the true and detected long axes, and
   between the true and detected angular origins (θ = 0) about the true axis.
-The truth is taken into the registered series' reference frame (ctp_steps.registration.validation):
+The truth is taken into the registered series' reference frame (ctp_steps.validation.truth):
 unchanged for the oracle registration (un-moved anatomy).
 An excluded patient gets NaN rows (counted out of n in the summary).
 """
@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 
 from ctp_steps.io import read_json, read_status, read_volume
+from ctp_steps.validation.rows import patient_rows
+from ctp_steps.validation.truth import landmarks_in_reference_frame, reference_motion, truth_in_reference_frame
 
 STAGE = "landmarks"
 NAMES = ("apex", "base", "rv_insertion")
@@ -61,14 +63,6 @@ def landmark_metrics(
 ) -> pd.DataFrame:
     """Rows of one patient. The truth (landmarks, AHA map) is taken where the registered series shows it:
     moved by the true motion of the reference frame that `register_status` records (none: un-moved anatomy)."""
-    from ctp_steps.registration.validation import (
-        landmarks_in_reference_frame,
-        reference_motion,
-        truth_in_reference_frame,
-    )
-    from ctp_steps.validate import METRIC_COLUMNS
-
-    patient_id, center = truth_dir.name, truth_dir.parent.name
     if read_status(status_path).status == "ok":
         motion = reference_motion(truth_dir, status_path=register_status) if register_status else None
         truth = landmarks_in_reference_frame(read_json(truth_dir / "truth.json")["landmarks"], motion)
@@ -81,4 +75,4 @@ def landmark_metrics(
         rows = [("landmark_error_mm", n, np.nan) for n in NAMES]
         rows += [("long_axis_angle_error_deg", "long_axis", np.nan), ("rv_angle_error_deg", "rv_insertion", np.nan)]
         rows += [("segment_label_agreement", "all", np.nan), ("segment_label_agreement", "same_mask", np.nan)]
-    return pd.DataFrame([(patient_id, center, STAGE, *r) for r in rows], columns=METRIC_COLUMNS)
+    return patient_rows(truth_dir, STAGE, rows)
