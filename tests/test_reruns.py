@@ -27,6 +27,7 @@ covered as they land:
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -242,6 +243,7 @@ _FINGERPRINT_CALL = re.compile(r"code_fingerprint\(\s*[\"']([^\"']+)[\"']\s*\)")
 _STAGE_FINGERPRINT_CALL = re.compile(r"stage_fingerprint\(\s*[\"'](\w+)[\"']\s*(?:,\s*[\"'](\w+)[\"']\s*)?\)")
 
 
+@functools.cache  # the real tree's rules and sources do not change during a test session
 def fingerprinted_sources() -> dict[str, set[str]]:
     """rule name → package files its `code_fingerprint("<subcommand>")` or `stage_fingerprint("<stage>"[, impl])`
     hashes (the import closure).

@@ -107,6 +107,28 @@ def test_truth_is_kept_apart_and_no_phi(tiny_run):
     assert not any("truth" in p.name for p in (results / "patients").rglob("*"))
 
 
+def add_calcium_score_scan(exam: Path) -> None:
+    """A calcium-score stack on the perfusion's grid, acquired 8 minutes before its first frame (series 2).
+
+    Before series selection, conversion took it as frame 1 and MBF failed for the whole cohort."""
+    from datetime import datetime, timedelta
+
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    headers = [(p, pydicom.dcmread(p, stop_before_pixels=True)) for p in sorted(exam.rglob("*")) if p.is_file()]
+    first = min(h.AcquisitionTime for _, h in headers)
+    series, stamp = generate_uid(), datetime.strptime(first.split(".")[0], "%H%M%S") - timedelta(minutes=8)
+    for k, (path, header) in enumerate(h for h in headers if h[1].AcquisitionTime == first):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series, 2, "Calcium score"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.AcquisitionTime = ds.ContentTime = ds.SeriesTime = stamp.strftime("%H%M%S.000000")
+        ds.ConvolutionKernel, ds.KVP, ds.SliceThickness = "Qr36", 120, 3.0
+        (exam / "CASC").mkdir(exist_ok=True)
+        ds.save_as(exam / "CASC" / f"IM{k + 1:04d}.dcm")
+
+
 @pytest.fixture(scope="module")
 def user_run(tiny_run, tmp_path_factory) -> Path:
     """A user manifest mixing good patients with broken DICOM folders; S0001's folder is named after the patient.
@@ -134,19 +156,34 @@ def user_run(tiny_run, tmp_path_factory) -> Path:
     shutil.copytree(synthetic / "dicom" / "CTR-C" / "S0003", feet_first)
     restore_in_storage_order(feet_first, flip_row=True, flip_column=False)
     twin = manifest[manifest["patient_id"] == "S0003"].assign(patient_id="T0003", dicom_dir=str(feet_first))
+    with_calcium = tmp_path / "EXAM_WITH_CALCIUM_SCORE"
+    shutil.copytree(synthetic / "dicom" / "CTR-A" / "S0001", with_calcium)
+    add_calcium_score_scan(with_calcium)
+    calcium = manifest[manifest["patient_id"] == "S0001"].assign(patient_id="C0001", dicom_dir=str(with_calcium))
     path = tmp_path / "cohort.csv"
-    pd.concat([manifest, broken, twin]).to_csv(path, index=False)
+    pd.concat([manifest, broken, twin, calcium]).to_csv(path, index=False)
     run_snakemake(tmp_path / "work", tiny_config(tmp_path / "results", manifest=str(path)), "all")
     return tmp_path
 
 
 def test_bad_patients_are_excluded_and_cohort_completes(user_run):
     table = pd.read_parquet(user_run / "results" / "cohort" / "patients.parquet").set_index("patient_id")
-    assert table.loc[["S0001", "S0002", "S0003", "T0003"], "status"].eq("ok").all()
+    assert table.loc[["S0001", "S0002", "S0003", "T0003", "C0001"], "status"].eq("ok").all()
     assert table.loc["B0001", "status"] == "excluded"
     assert table.loc["B0001", "reason"].startswith("convert: ") and "incomplete" in table.loc["B0001", "reason"]
     assert table.loc["B0002", "reason"].startswith("convert: ") and "no readable DICOM" in table.loc["B0002", "reason"]
     assert table.loc["B0002", "excluded_at"] == "convert" and pd.isna(table.loc["B0002", "n_frames"])
+
+
+def test_calcium_score_scan_in_the_exam_folder_is_ignored(user_run):
+    """The exam folder that once stopped the whole cohort: the calcium scan is named as ignored, the numbers
+    equal those of the same perfusion alone."""
+    table = pd.read_parquet(user_run / "results" / "cohort" / "patients.parquet").set_index("patient_id")
+    assert table.loc["C0001", "status"] == "ok"
+    assert "series 2 'Calcium score'" in table.loc["C0001", "series_ignored"]
+    assert table.loc["C0001", "n_frames"] == table.loc["S0001", "n_frames"]
+    assert table.loc["C0001", "mbf_global"] == pytest.approx(table.loc["S0001", "mbf_global"], rel=0.01)
+    assert table.loc["C0001", "imv_pct"] == pytest.approx(table.loc["S0001", "imv_pct"], abs=0.5)
 
 
 def test_feet_first_twin_gives_the_same_masks_and_mbf(user_run):
