@@ -116,11 +116,13 @@ def add_calcium_score_scan(exam: Path) -> None:
     import pydicom
     from pydicom.uid import generate_uid
 
-    headers = [(p, pydicom.dcmread(p, stop_before_pixels=True)) for p in sorted(exam.rglob("*")) if p.is_file()]
+    headers = [(p, pydicom.dcmread(p, stop_before_pixels=True, force=True)) for p in sorted(exam.rglob("*"))
+               if p.is_file()]
+    headers = [(p, h) for p, h in headers if "AcquisitionTime" in h and "ImagePositionPatient" in h]  # images only
     first = min(h.AcquisitionTime for _, h in headers)
     series, stamp = generate_uid(), datetime.strptime(first.split(".")[0], "%H%M%S") - timedelta(minutes=8)
     for k, (path, header) in enumerate(h for h in headers if h[1].AcquisitionTime == first):
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, force=True)
         ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series, 2, "Calcium score"
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.AcquisitionTime = ds.ContentTime = ds.SeriesTime = stamp.strftime("%H%M%S.000000")
