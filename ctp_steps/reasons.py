@@ -22,10 +22,10 @@ _DATE_RE = re.compile(
 _ABS_PATH_RE = re.compile(r"(?<![\w.<>])/(?:[^\s'\"/:,;()\[\]]+/)*[^\s'\"/:,;()\[\]]*")
 
 
-def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
-    """Collapse newlines and runs of whitespace (a multi-line reason breaks tables and logs)."""
+def one_line(text: object, limit: int = MAX_REASON_CHARS) -> str:
+    """Collapse newlines and runs of whitespace (a multi-line reason breaks tables and logs), bounded in length."""
     flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def scrub_paths(text: str, roots: Mapping[str | Path, str]) -> str:

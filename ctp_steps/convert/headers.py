@@ -39,6 +39,7 @@ from pydicom.uid import (
     MediaStorageDirectoryStorage,
 )
 
+from ctp_steps.reasons import one_line
 from ctp_steps.types import PatientInputError
 
 PLACEHOLDER = "<dicom_dir>"
@@ -136,12 +137,6 @@ def where(path: Path, dicom_dir: Path) -> str:
         rel = Path(Path(path).name)
     text = rel.as_posix()
     return PLACEHOLDER if text in ("", ".") else f"{PLACEHOLDER}/{text}"
-
-
-def one_line(text: object, limit: int = 300) -> str:
-    """Collapse a (decoder's multi-line) message into one line for a reason column."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def image_where(image: Image, dicom_dir: Path) -> str:
