@@ -1,0 +1,310 @@
+"""Standard errors and 95 % intervals of MBF from the estimator's own model, and a reliability rule.
+
+Per fitted curve (voxel, segment mean, region mean), at the fitted parameters:
+
+- Jacobian J (T, p) of the model curve with respect to the free parameters, by
+  central differences of the very model function the fit minimised (the
+  fitters' `model` in fit.py), batched over curves on the given device.
+- Noise variance sigma^2 = SSE / (T - p) of that curve's own fit. Per curve,
+  not pooled per patient: curves differ in how much averaging they carry (a
+  regularised voxel's curve is a weighted mean of a varying number of deep
+  neighbours, a segment's mean curve one of tens to thousands of voxels), so
+  each curve's residuals are the noise level of *its* fit. Averaging correlated
+  neighbours is then accounted for by construction: the residual variance is
+  that of the averaged curve, whatever the correlation of its parts. Model
+  misfit (partial volume, mixtures of kinetics) also lands in sigma^2: the SE
+  errs on the large side then, the safe side for a reliability flag.
+- Covariance of the parameters sigma^2 (J'J)^-1 (Gauss-Newton / Fisher
+  information). The SE of K1 is the square root of its diagonal element of the
+  *full* inverse: with K1, k2, vb and delay all free, the nuisance parameters
+  take most of the precision (Cramer-Rao of K1 15-45 % against 4-7 % with them
+  known, fit.py), and the K1 diagonal of J'J alone would hide that. With shared
+  kinetics (`SharedKinetics`: delay, ve = K1/k2, vb fixed per patient) K1 is
+  the only free parameter; the error of the patient-level kinetics themselves
+  (fitted once on the mean of all deep curves) is common to every voxel and is
+  not included.
+- Delta method to MBF: MBF = F(6000 K1) with F the Renkin-Crone inverse used by
+  fit.py (`RenkinCrone.flow`), dMBF/dK1 = 1 / (dk1/dF) at the reported MBF.
+  Fermi: MBF = 6000 F directly. Upslope has no fitted noise model: NaN.
+
+Intervals are built on the fitted rate's scale (K1, where the model is linear
+in the parameter with shared kinetics, so its error is close to Gaussian), as
+rate +- t SE with the Student t quantile for T - p degrees of freedom (sigma^2
+is estimated from T - p residual degrees of freedom: with 16 frames and four
+parameters t = 2.18, not 1.96), the lower end clipped at a rate of 0, and then
+mapped through the same monotone Renkin-Crone inverse: the MBF interval is
+therefore asymmetric where the extraction correction is convex (high flow) and
+capped at `max_mbf`, the inverse's ceiling.
+
+Segment, territory and global SE: the SE of the fit of the region's mean
+(enhancement) curve. The regularised map's voxel errors are strongly
+correlated (neighbours share most of their averaged sources), so neither the
+voxel SEs / sqrt(n) nor the SD of the map is the precision of a region mean;
+with shared kinetics the fit is linear in K1, so the mean of the voxel K1 of
+a region is the K1 of the region's mean curve, and that curve's residuals
+carry its actual noise, spatial correlation included. Caveat: the regularised
+map draws mostly on deep voxels (and, by default, neighbours across segment
+borders), so its effective sources differ somewhat from the region's voxels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import stats
+
+from ctp_steps.aha import TERRITORY_SEGMENTS
+from ctp_steps.mbf.config import MBFConfig, Method
+from ctp_steps.mbf.fit import (
+    DTYPE,
+    PARAMETER_NAMES,
+    PER_S_TO_ML_100ML_MIN,
+    FermiFitter,
+    FitResult,
+    OneCompartmentFitter,
+    RenkinCrone,
+    SharedKinetics,
+    SharedKineticsFitter,
+    fit_curves,
+)
+from ctp_steps.mbf.kinetics import GridAIF
+from ctp_steps.mbf.tac import ArterialInput
+
+CONFIDENCE = 0.95
+# Central-difference step: cube root of float64 epsilon (balances truncation and rounding error) times
+# the parameter's magnitude, floored at a small fraction of its bound range for parameters near 0.
+_STEP = float(np.finfo(np.float64).eps) ** (1.0 / 3.0)
+_STEP_FLOOR = 1e-3
+
+
+class UncertaintyConfig(BaseModel):
+    """The reliability rule on the uncertainty of global MBF (a user policy, not a measured quantity)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reliable_max_ci_half_width_pct: float = Field(
+        20.0,
+        gt=0,
+        description="mbf_reliable is true when the half-width of the 95 % interval of global MBF is below this "
+        "percentage of global MBF. A user policy (how precise a patient's MBF must be to be used), not derived "
+        "from the synthetic phantom.",
+    )
+
+
+@dataclass(frozen=True)
+class MBFUncertainty:
+    """Per-curve precision of one method's fit, numpy arrays of length n_curves."""
+
+    rate_se: np.ndarray  # SE of the fitted rate (6000 K1, 6000 F), mL/100mL/min
+    sigma_hu: np.ndarray  # residual noise SD of the curve's fit
+    dof: int  # residual degrees of freedom: frames - free parameters
+
+    def mbf_se(self, mbf: np.ndarray, renkin_crone: RenkinCrone | None) -> np.ndarray:
+        """SE of MBF at the reported values `mbf` (delta method through the extraction correction)."""
+        return flow_slope(mbf, renkin_crone) * self.rate_se
+
+    def interval(
+        self, mbf: np.ndarray, renkin_crone: RenkinCrone | None, max_mbf: float, confidence: float = CONFIDENCE
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) MBF interval around the reported `mbf`: see `confidence_interval`."""
+        return confidence_interval(mbf, self.rate_se, self.dof, renkin_crone, max_mbf, confidence)
+
+
+def flow_slope(mbf: np.ndarray, renkin_crone: RenkinCrone | None) -> np.ndarray:
+    """dMBF/d(6000 K1) at flow `mbf`: 1 / (dk1/dF) of the Renkin-Crone model (1 without it).
+
+    k1(F) = F (1 - e), e = exp(-ps/F - slope), so dk1/dF = 1 - e (1 + ps/F):
+    1 at zero flow, 1 - exp(-slope) at infinite flow (0 with a fixed PS: K1
+    saturates and its SE maps to an unbounded MBF SE). Flows below the
+    inverse's grid start (1e-3) use the slope there.
+    """
+    mbf = np.asarray(mbf, dtype=float)
+    if renkin_crone is None:
+        return np.ones_like(mbf)
+    f = np.maximum(mbf, 1e-3)
+    e = np.exp(-renkin_crone.ps / f - renkin_crone.flow_slope)
+    dk1 = 1.0 - e * (1.0 + renkin_crone.ps / f)
+    with np.errstate(divide="ignore"):
+        return np.where(dk1 > 0, 1.0 / np.maximum(dk1, 0.0), np.inf)
+
+
+def confidence_interval(
+    mbf: np.ndarray,
+    rate_se: np.ndarray,
+    dof: int,
+    renkin_crone: RenkinCrone | None,
+    max_mbf: float,
+    confidence: float = CONFIDENCE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """MBF interval: rate(mbf) +- t_{dof} SE on the fitted-rate scale, clipped at 0, mapped back to MBF.
+
+    The rate scale is where the fit's error is (near) Gaussian; the monotone
+    Renkin-Crone inverse carries the interval's ends over exactly, so the MBF
+    interval is asymmetric at high flow and at most `max_mbf`. NaN SE gives NaN ends.
+    """
+    mbf = np.asarray(mbf, dtype=float)
+    rate_se = np.asarray(rate_se, dtype=float)
+    q = float(stats.t.ppf(0.5 + confidence / 2, max(dof, 1)))
+    rate = renkin_crone.k1(np.maximum(mbf, 1e-3)) if renkin_crone is not None else mbf
+    low_rate, high_rate = np.maximum(rate - q * rate_se, 0.0), rate + q * rate_se
+    if renkin_crone is None:
+        return low_rate, high_rate
+    low, high = renkin_crone.flow(low_rate, max_mbf), renkin_crone.flow(high_rate, max_mbf)
+    nan = ~np.isfinite(rate_se) | ~np.isfinite(mbf)
+    return np.where(nan, np.nan, low), np.where(nan, np.nan, high)
+
+
+def curve_model(
+    aif: ArterialInput, method: Method, max_delay_s: float, shared: SharedKinetics | None, device: torch.device
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The fit's own model (curves (n, T) from free parameters (n, p)) and the free parameters' bounds."""
+    times = torch.as_tensor(aif.times_s, device=device, dtype=DTYPE)
+    grid = GridAIF.from_values(aif.grid_dt_s, aif.grid_hu, device, DTYPE)
+    if method == "fermi":
+        fitter = FermiFitter(grid, times, max_delay_s)
+    elif method == "one_compartment" and shared is None:
+        fitter = OneCompartmentFitter(grid, times, max_delay_s)
+    elif method == "one_compartment":
+        fitter = SharedKineticsFitter(grid, times, shared)
+    else:
+        raise ValueError(f"no fitted model for method {method!r}")
+    return (lambda theta: fitter.model(theta)[0]), fitter.lower, fitter.upper
+
+
+def free_parameters(fit: FitResult, method: Method, shared: SharedKinetics | None) -> np.ndarray:
+    """The parameters the fit varied, (n, p), in its order: K1 alone with shared kinetics."""
+    if method == "one_compartment" and shared is not None:
+        return fit.params["k1"][:, None]
+    return np.stack([fit.params[n] for n in PARAMETER_NAMES[method]], axis=1)
+
+
+def numerical_jacobian(
+    model: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """d curve / d theta (n, T, p) by central differences, all 2p perturbations in one batched model call.
+
+    Step per parameter: eps^(1/3) x max(|theta|, 1e-3 x `scale`) (`scale`: the
+    parameter's bound range), so parameters at 0 (a bound) still get a step.
+    Steps may leave the bounds: the model is defined there and the derivative
+    is that of the unconstrained model, which the Fisher information needs.
+    """
+    n, p = theta.shape
+    h = _STEP * torch.maximum(theta.abs(), _STEP_FLOOR * scale)  # (n, p)
+    eye = torch.eye(p, device=theta.device, dtype=theta.dtype)
+    shifts = h[None, :, :] * eye[:, None, :]  # (p, n, p): row j moves parameter j
+    batch = torch.cat([theta[None] + shifts, theta[None] - shifts]).reshape(2 * p * n, p)
+    curves = model(batch).reshape(2, p, n, -1)
+    return ((curves[0] - curves[1]) / (2 * h.T[:, :, None])).permute(1, 2, 0)
+
+
+def parameter_covariance(jac: torch.Tensor, sigma2: torch.Tensor) -> torch.Tensor:
+    """sigma^2 (J'J)^-1 per curve (n, p, p), by a pseudo-inverse of the column-scaled J'J.
+
+    Scaling first makes parameters of different units comparable; the
+    pseudo-inverse gives a finite K1 variance where another parameter is not
+    identifiable at the fit (e.g. k2 of a curve with K1 = 0: its column is 0).
+    """
+    jtj = jac.transpose(1, 2) @ jac
+    d = jtj.diagonal(dim1=1, dim2=2).sqrt()
+    d = torch.where(d > 0, d, torch.ones_like(d))
+    scaled = jtj / (d[:, :, None] * d[:, None, :])
+    inv = torch.linalg.pinv(scaled, rtol=1e-10, hermitian=True) / (d[:, :, None] * d[:, None, :])
+    return sigma2[:, None, None] * inv
+
+
+def fit_uncertainty(
+    fit: FitResult,
+    aif: ArterialInput,
+    method: Method,
+    *,
+    max_delay_s: float,
+    shared: SharedKinetics | None,
+    device: torch.device,
+    chunk: int = 20_000,
+) -> MBFUncertainty:
+    """SE of the fitted rate of every curve of `fit`, from the model at its parameters and its own SSE.
+
+    Upslope has no noise model: NaN. The fitted rate is MBF before the
+    extraction correction; `MBFUncertainty.mbf_se` and `.interval` carry it to MBF.
+    """
+    n, frames = len(fit.mbf), len(aif.times_s)
+    if method == "upslope":
+        nan = np.full(n, np.nan)
+        return MBFUncertainty(rate_se=nan, sigma_hu=nan, dof=frames - 2)
+    model, lower, upper = curve_model(aif, method, max_delay_s, shared, device)
+    theta = free_parameters(fit, method, shared)
+    p = theta.shape[1]
+    dof = frames - p
+    if dof <= 0:
+        raise ValueError(f"{frames} frames cannot give an SE for {p} free parameters")
+    scale = upper - lower
+    scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
+    sigma2 = np.asarray(fit.sse, dtype=float) / dof
+    se = []
+    for i in range(0, n, chunk):
+        th = torch.as_tensor(theta[i : i + chunk], device=device, dtype=DTYPE)
+        jac = numerical_jacobian(model, th, scale)
+        cov = parameter_covariance(jac, torch.as_tensor(sigma2[i : i + chunk], device=device, dtype=DTYPE))
+        se.append(cov[:, 0, 0].clamp_min(0).sqrt().cpu().numpy())
+    rate_se = (np.concatenate(se) if se else np.zeros(0)) * PER_S_TO_ML_100ML_MIN
+    return MBFUncertainty(rate_se=rate_se, sigma_hu=np.sqrt(sigma2), dof=dof)
+
+
+def region_mean_curves(curves: np.ndarray, segments: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Mean enhancement curve of the whole myocardium (`global`) and of each territory present: names, (R, T)."""
+    names, means = ["global"], [curves.mean(axis=0)]
+    for terr, segs in TERRITORY_SEGMENTS.items():
+        sel = np.isin(segments, segs)
+        if sel.any():
+            names.append(terr.lower())
+            means.append(curves[sel].mean(axis=0))
+    return names, np.stack(means)
+
+
+def region_fit(
+    curves: np.ndarray, aif: ArterialInput, method: Method, cfg: MBFConfig, shared: SharedKinetics | None,
+    device: torch.device,
+) -> FitResult:
+    """Fit of mean curves with the estimator's settings (as `estimate_mbf` fits its segment curves)."""
+    return fit_curves(
+        curves,
+        aif,
+        method,
+        max_delay_s=cfg.max_delay_s,
+        max_iter=cfg.max_iter,
+        chunk=cfg.chunk_voxels,
+        device=device,
+        renkin_crone=renkin_crone_of(cfg, method),
+        max_mbf=cfg.max_mbf,
+        shared=shared,
+        compiled=False,
+    )
+
+
+def renkin_crone_of(cfg: MBFConfig, method: Method) -> RenkinCrone | None:
+    """The extraction correction `fit_curves` applies for this method and config (None: MBF = rate)."""
+    if method == "one_compartment" and cfg.renkin_crone:
+        return RenkinCrone(cfg.ps_ml_100ml_min, cfg.ps_flow_slope)
+    return None
+
+
+def summary(
+    estimate: np.ndarray, unc: MBFUncertainty, renkin_crone: RenkinCrone | None, max_mbf: float
+) -> dict[str, np.ndarray]:
+    """se, ci_low, ci_high of reported estimates (arrays), from the rate SE of their curves' fits."""
+    low, high = unc.interval(estimate, renkin_crone, max_mbf)
+    return {"se": unc.mbf_se(estimate, renkin_crone), "ci_low": low, "ci_high": high}
+
+
+def is_reliable(estimate: float | None, ci_low: float, ci_high: float, cfg: UncertaintyConfig) -> bool | None:
+    """The reliability rule: half-width of the interval below `reliable_max_ci_half_width_pct` % of the estimate.
+
+    None where the estimate or its interval is undefined (upslope, empty myocardium).
+    """
+    if estimate is None or not np.isfinite([estimate, ci_low, ci_high]).all() or estimate <= 0:
+        return None
+    return bool(50.0 * (ci_high - ci_low) / estimate < cfg.reliable_max_ci_half_width_pct)
