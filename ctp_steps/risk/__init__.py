@@ -6,7 +6,8 @@ stops on a degenerate cohort and never writes a silent NaN: what cannot be
 estimated is written as a row whose `note` says why, and the report repeats it.
 
 One module per concern: `config` (settings), `cohort` (who enters), `cox`,
-`concordance`, `km`, `plots`, `report`, `simulate` (table cohorts for tests)
+`concordance`, `km`, `measurement_error` (naive vs corrected marker HRs), `plots`,
+`report`, `simulate` (table cohorts for tests)
 and `analysis` (the whole stage). This package re-exports their public names.
 lifelines and matplotlib are imported inside the functions that use them, so
 importing the package (as the pipeline's configuration does) stays light.
@@ -44,13 +45,31 @@ from ctp_steps.risk.cox import (
     ph_table,
 )
 from ctp_steps.risk.km import KM_COLUMNS, group_label, km_groups, marker_groups
+from ctp_steps.risk.measurement_error import (
+    CORRECTED_MODELS,
+    ME_COLUMNS,
+    NAIVE,
+    RC,
+    SIMEX,
+    Calibration,
+    calibrate,
+    measurement_error_table,
+    se_availability,
+)
 from ctp_steps.risk.plots import plot_forest, plot_km
-from ctp_steps.risk.report import RiskSummary, render_report, report_warnings, summarize
+from ctp_steps.risk.report import (
+    RiskSummary,
+    measurement_error_section,
+    render_report,
+    report_warnings,
+    summarize,
+)
 from ctp_steps.risk.simulate import simulate_table_cohort
 
 __all__ = [
     "CENTER",
     "CLINICAL",
+    "CORRECTED_MODELS",
     "CONCORDANCE_COLUMNS",
     "COX_COLUMNS",
     "DURATION",
@@ -58,11 +77,16 @@ __all__ = [
     "GAIN",
     "GROUPS",
     "KM_COLUMNS",
+    "ME_COLUMNS",
     "MULTIVARIABLE",
+    "NAIVE",
     "NOTE_SEP",
     "PH_COLUMNS",
+    "RC",
+    "SIMEX",
     "STRATIFIED",
     "UNIVARIABLE",
+    "Calibration",
     "CohortCounts",
     "ModelFit",
     "RiskConfig",
@@ -70,6 +94,7 @@ __all__ = [
     "analysis_frame",
     "bootstrap_c",
     "c_indices",
+    "calibrate",
     "cohort_counts",
     "concordance_row",
     "concordance_table",
@@ -82,6 +107,8 @@ __all__ = [
     "km_groups",
     "linear_predictor",
     "marker_groups",
+    "measurement_error_section",
+    "measurement_error_table",
     "merge_groups",
     "not_estimable",
     "ph_table",
@@ -90,6 +117,7 @@ __all__ = [
     "render_report",
     "report_warnings",
     "run_risk_analysis",
+    "se_availability",
     "simulate_table_cohort",
     "summarize",
 ]

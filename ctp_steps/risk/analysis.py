@@ -13,6 +13,7 @@ from ctp_steps.risk.concordance import concordance_table
 from ctp_steps.risk.config import RiskConfig
 from ctp_steps.risk.cox import cox_table, fit_models, ph_table
 from ctp_steps.risk.km import km_groups
+from ctp_steps.risk.measurement_error import measurement_error_table
 from ctp_steps.risk.plots import plot_forest, plot_km
 from ctp_steps.risk.report import RiskSummary, render_report, summarize
 
@@ -31,15 +32,17 @@ def run_risk_analysis(
     concordance = concordance_table(fits, cfg)
     ph = ph_table(fits, cfg)
     km, logrank = km_groups(frame, cfg)
+    me = measurement_error_table(fits, cox, frame, cfg)
 
     out_dir = Path(out_dir)
     metadata = {"ctp_risk_config": cfg.model_dump_json(), "software_version": __version__}
     write_parquet(out_dir / "cox.parquet", cox, metadata)
     write_parquet(out_dir / "concordance.parquet", concordance, metadata)
     write_parquet(out_dir / "ph_test.parquet", ph, metadata)
+    write_parquet(out_dir / "measurement_error.parquet", me, metadata)
     plot_km(out_dir / "km.png", frame, cfg, logrank)
     plot_forest(out_dir / "forest.png", cox, cfg)
     report_path = out_dir / "report.md"
     with atomic_path(report_path) as tmp:
-        tmp.write_text(render_report(counts, fits, cox, concordance, ph, km, logrank, covs, cfg))
-    return summarize(counts, cox, concordance, cfg, report_path)
+        tmp.write_text(render_report(counts, fits, cox, concordance, ph, km, logrank, covs, cfg, me))
+    return summarize(counts, cox, concordance, cfg, report_path, me)

@@ -68,7 +68,8 @@ def cohort_counts(patients: pd.DataFrame) -> CohortCounts:
 def analysis_frame(patients: pd.DataFrame, covariates: list[str], cfg: RiskConfig) -> pd.DataFrame:
     """Usable patients (status ok, outcome known) with numeric model columns and the scaled marker term.
 
-    Missing or non-finite values stay NaN here; each model drops its own incomplete rows.
+    Missing or non-finite values stay NaN here; each model drops its own incomplete rows. The
+    marker's standard error column rides along when the table has it (negative values: NaN).
     """
     needed = [CENTER, cfg.marker, *covariates]
     _require_columns(patients, ["status", DURATION, EVENT, *needed])
@@ -79,6 +80,9 @@ def analysis_frame(patients: pd.DataFrame, covariates: list[str], cfg: RiskConfi
         frame[col] = values.where(np.isfinite(values))
     frame[CENTER] = ok[CENTER].astype("string")
     frame[cfg.marker_term] = frame[cfg.marker] / cfg.marker_unit
+    if cfg.marker_se in ok.columns:  # the marker's measurement error, for the correction; no model term
+        se = pd.to_numeric(ok[cfg.marker_se], errors="raise").astype("float64")
+        frame[cfg.marker_se] = se.where(np.isfinite(se) & (se >= 0))
     return frame.dropna(subset=[DURATION, EVENT])
 
 

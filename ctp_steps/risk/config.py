@@ -7,6 +7,7 @@ embed them without loading pandas' statistical stack, lifelines or matplotlib.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -52,6 +53,37 @@ class RiskConfig(BaseModel):
         "no retry when not above `penalizer`.",
     )
 
+    measurement_error: list[Literal["regression_calibration", "simex"]] = Field(
+        default_factory=lambda: ["regression_calibration"],
+        description=(
+            "Corrections of the marker's hazard ratio for its measurement error, reported beside the naive "
+            "estimate (table measurement_error.parquet, report): regression_calibration (bootstrap CI) and/or "
+            "simex; []: none. Needs the per-patient standard error column `marker_se_column`; without it the "
+            "correction is skipped and the outputs say so."
+        ),
+    )
+    marker_se_column: str | None = Field(
+        None,
+        description="Column of patients.parquet with each patient's standard error of the marker (same units); "
+        "null: `<marker>_se` (imv_pct_se).",
+    )
+    me_bootstrap: int = Field(
+        200, ge=0, description="Patient resamples of the regression-calibration CI (recalibrate and refit); 0: no CI."
+    )
+    simex_lambdas: list[float] = Field(
+        default_factory=lambda: [0.5, 1.0, 1.5, 2.0],
+        min_length=2,
+        description="SIMEX: added error variance as multiples ζ of each patient's own; extrapolated to ζ = -1.",
+    )
+    simex_simulations: int = Field(50, ge=2, description="SIMEX: simulated data sets per ζ.")
+
+    @field_validator("simex_lambdas")
+    @classmethod
+    def _positive_lambdas(cls, lambdas: list[float]) -> list[float]:
+        if not all(math.isfinite(z) and z > 0 for z in lambdas) or len(set(lambdas)) != len(lambdas):
+            raise ValueError("simex_lambdas must be distinct, finite and > 0")
+        return lambdas
+
     @field_validator("group_cuts")
     @classmethod
     def _increasing_cuts(cls, cuts: list[float]) -> list[float]:
@@ -63,6 +95,8 @@ class RiskConfig(BaseModel):
 
     @model_validator(mode="after")
     def _covariates_distinct(self) -> "RiskConfig":
+        if len(set(self.measurement_error)) != len(self.measurement_error):
+            raise ValueError("measurement_error: methods repeat")
         if self.covariates is not None:
             if len(set(self.covariates)) != len(self.covariates):
                 raise ValueError("covariates: names repeat")
@@ -74,6 +108,11 @@ class RiskConfig(BaseModel):
     def marker_term(self) -> str:
         """Name of the scaled marker term, e.g. `imv_pct_per_10` (matches the phantom's truth keys)."""
         return f"{self.marker}_per_{self.marker_unit:g}"
+
+    @property
+    def marker_se(self) -> str:
+        """Column of the marker's per-patient standard error (`imv_pct_se` by default)."""
+        return self.marker_se_column or f"{self.marker}_se"
 
     @property
     def ci_level(self) -> str:
