@@ -49,6 +49,18 @@ class RegularisationConfig(BaseModel):
         True, description="one_compartment: one delay, ve = K1/k2 and vb per patient (from the mean curve of "
         "the deep voxels); voxels fit K1 alone."
     )
+    min_offset_spacing_mm: float = Field(
+        2.5,
+        ge=0,
+        description="Neighbours are taken on a lattice whose step along each axis is the smallest whole number "
+        "of voxels spanning at least this many mm (1 voxel where voxels are at least this large, so 2.5-3 mm "
+        "grids use every voxel). It bounds the number of offsets, hence the cost, by that of an isotropic grid "
+        "of this spacing (~2,100 offsets at radius 20 mm) whatever the voxel size; a dense 0.4 mm grid would "
+        "need ~170,000. The weights stay normalised, so it is still a weighted mean: the Gaussian distance "
+        "weight (spatial_sigma_mm, 10 mm) sampled every 2.5 mm (sigma/4) weighs any signal that varies on the "
+        "weight's scale like the dense sum does; only neighbours' extra noise averaging is given up, and image "
+        "noise is correlated over the reconstruction kernel's ~1 mm point spread anyway. 0: every voxel.",
+    )
 
 
 class MBFConfig(BaseModel):
@@ -90,6 +102,13 @@ class MBFConfig(BaseModel):
         "gamma_variate",
         description="AIF between frames: fitted first-pass + recirculation gamma variates, or linear interpolation.",
     )
+    aif_baseline: Literal["pre_arrival_mean", "none"] = Field(
+        "pre_arrival_mean",
+        description="Baseline subtracted from the AIF and, the same frames, from every tissue curve: the mean of the "
+        "frames before the bolus foot (CT in HU), or none for series that are enhancement already (baseline-free "
+        "curves pass untouched). On a smooth bolus the frames just before the tangent's foot are rising already, "
+        "so pre_arrival_mean takes contrast off them (ctp_steps/mbf/tac.py).",
+    )
     max_delay_s: float = Field(10.0, ge=0, le=30, description="Upper bound of the AIF-to-tissue delay (s).")
     max_iter: int = Field(60, ge=1, le=500, description="Levenberg-Marquardt iterations at most.")
     chunk_voxels: int = Field(20_000, ge=100, description="Voxels fitted at once; bounds memory.")
@@ -99,6 +118,19 @@ class MBFConfig(BaseModel):
         "kernels: 5-6x the voxel-wise fit's throughput on CPU (BENCHMARKS.md), but each process first compiles "
         "for ~30 s (a few s once torch's on-disk cache holds the kernels), more than a phantom-sized patient's "
         "fits take eagerly. Worth it for large voxel counts per process. Needs a C++ compiler on CPU.",
+    )
+    working_spacing_mm: float = Field(
+        1.5,
+        ge=0,
+        description="Curves are fitted and regularised on a working grid: along each axis whose voxel is finer "
+        "than this, blocks of the largest whole number of voxels spanning at most this many mm are averaged "
+        "(myocardium voxels only; a block is myocardium when most of its voxels are), and every native voxel "
+        "takes its block's value (or the nearest block's). 1.5 mm keeps 5-8 working voxels across a 8-12 mm "
+        "LV wall, so the subendocardial third and the deep voxels of `regularisation.min_depth_mm` stay "
+        "resolved, at about the in-plane resolution of a perfusion CT kernel (~1 mm point spread); finer "
+        "voxels add only correlated noise and cost: fits and averages grow with the voxel count, 600,000 "
+        "myocardium voxels at 0.4x0.4x1.25 mm against ~70,000 working ones. Grids at or above it (the 2.5-3 mm "
+        "default cohort) run natively. 0: always the native grid.",
     )
     regularisation: RegularisationConfig = Field(
         default_factory=RegularisationConfig, description="How mbf.nii.gz is made from noisy voxel curves."

@@ -10,6 +10,8 @@ convolutions (`ExpConvolutionTable`). No per-voxel Python loop anywhere;
 float64 on CPU and CUDA alike. With `compiled=True` (config `mbf.compile_fits`)
 each LM iteration and the one-compartment grid search run as torch.compile'd
 kernels: same arithmetic, ~6x the throughput once compiled (BENCHMARKS.md).
+Curves of several AIFs (patients, data sets) fit in one batch with
+`fit_curves_per_aif`: one LM pass over all, each curve with its own AIF.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ PARAMETER_NAMES: dict[str, tuple[str, ...]] = {
     "upslope": ("max_slope", "peak_time"),
 }
 
-ModelFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+ModelFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # model(theta) or model(theta, context rows)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ def levenberg_marquardt(
     rtol: float = 1e-8,
     max_rejections: int = 8,
     compiled: bool = False,
+    context: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounded LM on every row of y at once; returns (theta, sse).
 
@@ -79,10 +82,12 @@ def levenberg_marquardt(
     `rtol` of its SSE or after `max_rejections` rejected steps in a row; each
     iteration works only on the voxels still going. `compiled` runs each
     iteration as one torch.compile'd kernel (same arithmetic; see `MBFConfig.compile_fits`).
+    `context` (one row per row of y, e.g. each curve's AIF) is passed to the
+    model as model(theta, context[rows]), so that the model knows which rows it gets.
     """
     iteration = _compiled(_lm_iteration) if compiled else _lm_iteration
     theta = theta.clone()
-    curve, _ = model(theta)
+    curve, _ = _evaluate(model, theta, context)
     sse = ((y - curve) ** 2).sum(-1)
     lam = torch.full_like(sse, 1e-3)
     rejected = torch.zeros_like(sse, dtype=torch.long)
@@ -90,7 +95,7 @@ def levenberg_marquardt(
     for _ in range(max_iter):
         if active.numel() == 0:
             break
-        done = iteration(model, y, theta, sse, lam, rejected, active, lower, upper, rtol, max_rejections)
+        done = iteration(model, y, theta, sse, lam, rejected, active, lower, upper, rtol, max_rejections, context)
         active = active[~done]
     return theta, sse
 
@@ -107,6 +112,7 @@ def _lm_iteration(
     upper: torch.Tensor,
     rtol: float,
     max_rejections: int,
+    context: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One projected LM step of the `active` voxels, updating theta, sse, lam, rejected in place; returns done (A,).
 
@@ -115,7 +121,8 @@ def _lm_iteration(
     compiled graph drops the trial's Jacobian), so little memory is streamed.
     """
     ya, th, ss, la = y[active], theta[active], sse[active], lam[active]
-    curve, jac = model(th)
+    rows = None if context is None else context[active]
+    curve, jac = _evaluate(model, th, rows)
     jtj = (jac[:, :, :, None] * jac[:, :, None, :]).sum(1)
     grad = (jac * (ya - curve)[:, :, None]).sum(1)
     # Parameters held at a bound by the gradient are frozen for this step (projected LM).
@@ -125,7 +132,7 @@ def _lm_iteration(
     diag = jtj.diagonal(dim1=1, dim2=2).clamp_min(1e-30)
     step = _solve_spd(jtj + torch.diag_embed(la[:, None] * diag), grad * free)
     trial = torch.minimum(torch.maximum(th + step, lower), upper)
-    trial_curve, _ = model(trial)
+    trial_curve, _ = _evaluate(model, trial, rows)
     trial_sse = ((ya - trial_curve) ** 2).sum(-1)
     better = trial_sse < ss
     theta[active] = torch.where(better[:, None], trial, th)
@@ -134,6 +141,11 @@ def _lm_iteration(
     rej = torch.where(better, 0, rejected[active] + 1)
     rejected[active] = rej
     return (better & (ss - trial_sse <= rtol * ss)) | (rej >= max_rejections)
+
+
+def _evaluate(model: ModelFn, theta: torch.Tensor, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """model(theta), or model(theta, rows) when the model takes per-row context."""
+    return model(theta) if rows is None else model(theta, rows)
 
 
 def _solve_spd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -211,7 +223,8 @@ def _delay_grid(max_delay_s: float, device, dtype) -> torch.Tensor:
 class OneCompartmentFitter:
     """C = K1 (Ca * e^{-k2 t})(t - d) + vb Ca(t - d); grid over (k2, d), then LM on all four."""
 
-    def __init__(self, aif: GridAIF, times_s: torch.Tensor, max_delay_s: float):
+    def __init__(self, aif: GridAIF, times_s: torch.Tensor, max_delay_s: float, max_vb: float | None = None):
+        """`max_vb` lowers vb's upper bound (0: the Tofts model, no vascular term)."""
         self.aif, self.times = aif, times_s
         dev, dt = times_s.device, times_s.dtype
         k2 = torch.logspace(np.log10(0.005), np.log10(1.0), 16, device=dev, dtype=dt)
@@ -224,7 +237,8 @@ class OneCompartmentFitter:
         self.basis1_32, self.basis2_32 = self.basis1.float(), self.basis2.float()
         self.gram_32 = tuple(g.float() for g in self.gram)
         self.lower = torch.tensor(ONE_COMPARTMENT_LOWER, device=dev, dtype=dt)
-        self.upper = torch.tensor(ONE_COMPARTMENT_UPPER[:3] + (max_delay_s,), device=dev, dtype=dt)
+        vb_max = ONE_COMPARTMENT_UPPER[2] if max_vb is None else max_vb
+        self.upper = torch.tensor(ONE_COMPARTMENT_UPPER[:2] + (vb_max, max_delay_s), device=dev, dtype=dt)
         self.table = ExpConvolutionTable.build(aif, ONE_COMPARTMENT_LOWER[1], ONE_COMPARTMENT_UPPER[1])
 
     def model(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,6 +256,33 @@ class OneCompartmentFitter:
         k1, vb, _ = _nnls_two(p1, p2, *(g[best] for g in self.gram))
         theta = torch.stack([k1, self.grid_k2[best], vb, self.grid_delay[best]], dim=-1)
         return torch.minimum(torch.maximum(theta, self.lower), self.upper)
+
+
+class PerAIFOneCompartmentFitter:
+    """`OneCompartmentFitter` for curves of several AIFs on one frame-time grid: `which` (V,) is each curve's AIF.
+
+    Starts come from each AIF's own grid search (a loop over AIFs, not
+    curves); the LM runs on all curves at once on the stacked tables, whose
+    numbers are each AIF's own, so each curve gets the fit of its AIF alone.
+    """
+
+    def __init__(self, fitters: list[OneCompartmentFitter]):
+        self.fitters = fitters
+        self.times = fitters[0].times
+        self.table = ExpConvolutionTable.stack([f.table for f in fitters])
+        self.aif = self.table.aif
+        self.lower, self.upper = fitters[0].lower, fitters[0].upper
+
+    def model(self, theta: torch.Tensor, which: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return one_compartment(self.aif, self.times, theta, self.table, which)
+
+    def start(self, y: torch.Tensor, which: torch.Tensor, compiled: bool = False) -> torch.Tensor:
+        theta = y.new_zeros(len(y), 4)
+        for a, fitter in enumerate(self.fitters):
+            rows = torch.nonzero(which == a)[:, 0]
+            if rows.numel():
+                theta[rows] = fitter.start(y[rows], compiled)
+        return theta
 
 
 @dataclass(frozen=True)
@@ -370,6 +411,7 @@ def fit_curves(
     max_mbf: float,
     shared: SharedKinetics | None = None,
     compiled: bool = False,
+    max_vb: float | None = None,
 ) -> FitResult:
     """Fit every tissue curve (n, frames), in HU at the AIF's frame times, with `method`.
 
@@ -377,6 +419,7 @@ def fit_curves(
     one-compartment K1 into flow, at most `max_mbf`; None takes MBF = K1.
     `shared` (one_compartment only) fixes delay, ve and vb: voxels fit K1 alone.
     `compiled`: the LM iterations and the one-compartment grid search run torch.compile'd.
+    `max_vb` (one_compartment, no `shared`) bounds vb; 0 fits the Tofts model.
     """
     times = torch.as_tensor(aif.times_s, device=device, dtype=DTYPE)
     if method == "upslope":
@@ -389,7 +432,7 @@ def fit_curves(
     if method == "fermi":
         fitter = FermiFitter(grid_aif, times, max_delay_s)
     elif shared is None:
-        fitter = OneCompartmentFitter(grid_aif, times, max_delay_s)
+        fitter = OneCompartmentFitter(grid_aif, times, max_delay_s, max_vb)
     else:
         fitter = SharedKineticsFitter(grid_aif, times, shared)
     thetas, sses = [], []
@@ -412,6 +455,67 @@ def fit_curves(
         mbf=renkin_crone.flow(rate, max_mbf) if use_rc else rate,
         rate=rate,
         params=params,
+        sse=np.concatenate(sses) if sses else np.zeros(0),
+        delay_s=theta[:, 3],
+    )
+
+
+def fit_curves_per_aif(
+    curves: np.ndarray,
+    aifs: list[ArterialInput],
+    aif_index: np.ndarray,
+    *,
+    max_delay_s: float,
+    max_iter: int,
+    chunk: int,
+    device: torch.device,
+    renkin_crone: RenkinCrone | None,
+    max_mbf: float,
+    compiled: bool = False,
+    max_vb: float | None = None,
+) -> FitResult:
+    """One-compartment fits of curves (n, frames) of several AIFs in one batched LM pass; aif_index (n,) into `aifs`.
+
+    The same results as `fit_curves` called once per AIF on its curves, but
+    one Python LM loop for all instead of one per AIF (the loop's overhead
+    dominates small batches: 11 AIFs x ~9 curves each, OSIPI check, issue 20).
+    All AIFs need the same frame times and grid (one data set or protocol);
+    group the curves by frame times otherwise. `max_vb` as in `fit_curves`.
+    """
+    aif_index = np.asarray(aif_index, dtype=np.int64)
+    if len(aif_index) != len(curves) or (aif_index.size and not 0 <= aif_index.min() <= aif_index.max() < len(aifs)):
+        raise ValueError(f"aif_index needs one index in [0, {len(aifs)}) per curve ({len(curves)} curves)")
+    first = aifs[0]
+    for aif in aifs[1:]:
+        if not np.array_equal(aif.times_s, first.times_s) or aif.grid_dt_s != first.grid_dt_s or len(
+            aif.grid_hu
+        ) != len(first.grid_hu):
+            raise ValueError("fit_curves_per_aif needs AIFs of the same frame times and grid: group the curves")
+    times = torch.as_tensor(first.times_s, device=device, dtype=DTYPE)
+    fitter = PerAIFOneCompartmentFitter(
+        [
+            OneCompartmentFitter(
+                GridAIF.from_values(a.grid_dt_s, a.grid_hu, device, DTYPE), times, max_delay_s, max_vb
+            )
+            for a in aifs
+        ]
+    )
+    thetas, sses = [], []
+    for i in range(0, len(curves), chunk):
+        y = torch.as_tensor(curves[i : i + chunk], device=device, dtype=DTYPE)
+        which = torch.as_tensor(aif_index[i : i + chunk], device=device)
+        start = fitter.start(y, which, compiled)
+        theta, sse = levenberg_marquardt(
+            fitter.model, y, start, fitter.lower, fitter.upper, max_iter, compiled=compiled, context=which
+        )
+        thetas.append(theta.cpu().numpy())
+        sses.append(sse.cpu().numpy())
+    theta = np.concatenate(thetas) if thetas else np.zeros((0, 4))
+    rate = theta[:, 0] * PER_S_TO_ML_100ML_MIN
+    return FitResult(
+        mbf=renkin_crone.flow(rate, max_mbf) if renkin_crone is not None else rate,
+        rate=rate,
+        params=dict(zip(PARAMETER_NAMES["one_compartment"], theta.T)),
         sse=np.concatenate(sses) if sses else np.zeros(0),
         delay_s=theta[:, 3],
     )

@@ -6,12 +6,25 @@ reaches the aorta, found on the AIF alone: tissue enhances later than the
 aorta, so those frames are pre-contrast for the myocardium too. The kinetic
 models need the AIF between frames as well: it is put on a uniform 0.25 s
 grid, from a gamma-variate fit (default) or by linear interpolation.
+
+The baseline rule (`MBFConfig.aif_baseline`) is explicit: `pre_arrival_mean`
+(above) for CT series in HU; `none` for inputs that are already enhancement
+or concentration above zero (e.g. the OSIPI DCE reference data), which pass
+untouched. A smooth bolus has no sharp foot, so the frames just before the
+tangent's foot are already rising: subtracting their mean takes real contrast
+off the whole curve (-19 % on the tail of a Patlak AIF, OSIPI check, issue 20).
+AIF and tissue always follow the same rule: `ArterialInput.n_baseline` frames
+are averaged and subtracted from both (0 frames with `none`: nothing is).
+
+Errors of the pure functions name no file (`AIFError`); the file layer prefixes
+the AIF file's name (see `AIFError`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -20,6 +33,16 @@ from ctp_steps.aha import N_SEGMENTS
 from ctp_steps.types import PatientInputError
 
 AIF_GRID_DT_S = 0.25  # AIF grid of the kinetic models; on phantom curves a finer grid changes MBF by < 0.5 %
+AIFBaseline = Literal["pre_arrival_mean", "none"]
+
+
+class AIFError(PatientInputError):
+    """An unusable arterial curve, found on arrays: the message names no file.
+
+    Whoever read the curve from a file prefixes its name (the MBF stage:
+    `raise PatientInputError(f"{inputs.aif.name}: {exc}") from exc`), so that
+    the reason in patients.parquet still names the file.
+    """
 
 
 @dataclass(frozen=True)
@@ -28,8 +51,8 @@ class ArterialInput:
 
     times_s: np.ndarray  # frame times
     enhancement_hu: np.ndarray  # measured, at the frame times
-    baseline_hu: float
-    n_baseline: int  # frames [0, n_baseline) are pre-contrast
+    baseline_hu: float  # subtracted from the measured curve (0 with baseline rule `none`)
+    n_baseline: int  # frames [0, n_baseline) were averaged into the baseline, of AIF and tissue (0: none subtracted)
     arrival_s: float  # bolus arrival (foot of the AIF)
     peak_hu: float  # largest measured enhancement
     peak_s: float
@@ -66,47 +89,63 @@ def _foot(times_s: np.ndarray, rise: np.ndarray, peak_index: int) -> float:
     return float(times_s[i] - rise[i] / slopes[i])
 
 
-def arterial_input(times_s: np.ndarray, hu: np.ndarray, min_peak_hu: float, model: str) -> ArterialInput:
-    """Baseline, bolus arrival and enhancement of the AIF, or the patient's exclusion reason.
+def arterial_input(
+    times_s: np.ndarray,
+    hu: np.ndarray,
+    min_peak_hu: float,
+    model: str,
+    *,
+    baseline: AIFBaseline = "pre_arrival_mean",
+) -> ArterialInput:
+    """Baseline, bolus arrival and enhancement of the AIF, or the patient's exclusion reason (`AIFError`).
 
     Arrival is the foot of the bolus: the tangent at the steepest upslope
     crosses the baseline there (once from the first frame, then again from the
-    mean of the frames before that first estimate). The baseline is the mean of
-    the frames before arrival. `model` fills the models' AIF grid: `gamma_variate`
-    fits a first pass plus a recirculation gamma variate (sparse frames miss the
-    true peak; the fit puts it back), `linear` interpolates the samples.
+    mean of the frames before that first estimate). `baseline`:
+    `pre_arrival_mean` subtracts the mean of the frames before arrival (CT in
+    HU); `none` takes `hu` as enhancement already (baseline-free input, e.g.
+    concentrations), keeps it untouched and needs no pre-contrast frame.
+    `model` fills the models' AIF grid: `gamma_variate` fits a first pass plus
+    a recirculation gamma variate (sparse frames miss the true peak; the fit
+    puts it back), `linear` interpolates the samples.
     A flat AIF (missed bolus), a peak under `min_peak_hu`, no frame before the
-    arrival, or a peak at the last frame (bolus not captured) exclude the patient.
+    arrival (with a baseline to measure), or a peak at the last frame (bolus
+    not captured) exclude the patient.
     """
     times_s = np.asarray(times_s, dtype=float)
     hu = np.asarray(hu, dtype=float)
-    rise = hu - hu[0]
+    if baseline not in ("pre_arrival_mean", "none"):
+        raise ValueError(f"unknown AIF baseline rule {baseline!r}")
+    free = baseline == "none"
+    rise = hu.copy() if free else hu - hu[0]
     peak_index = int(np.argmax(rise))
     if rise[peak_index] < min_peak_hu:
-        raise PatientInputError(
-            f"aif.parquet: AIF peak enhancement {rise[peak_index]:.1f} HU over the first frame "
-            f"({hu[0]:.1f} HU, max {hu.max():.1f} HU) is below the minimum {min_peak_hu:g} HU: "
-            "flat or weak arterial curve (missed bolus)"
+        over = "(baseline-free input)" if free else f"over the first frame ({hu[0]:.1f} HU, max {hu.max():.1f} HU)"
+        raise AIFError(
+            f"AIF peak enhancement {rise[peak_index]:.1f} HU {over} "
+            f"is below the minimum {min_peak_hu:g} HU: flat or weak arterial curve (missed bolus)"
         )
     if peak_index == len(hu) - 1:
-        raise PatientInputError(
-            f"aif.parquet: AIF still rising at the last frame (t={times_s[-1]:.1f} s, {hu[-1]:.1f} HU): "
-            "bolus peak not captured"
+        raise AIFError(
+            f"AIF still rising at the last frame (t={times_s[-1]:.1f} s, {hu[-1]:.1f} HU): bolus peak not captured"
         )
     arrival = _foot(times_s, rise, peak_index)
-    n_baseline = int(np.count_nonzero(times_s < arrival))
-    if n_baseline == 0:
-        raise PatientInputError(
-            f"aif.parquet: bolus arrives at {arrival:.1f} s, before the first frame: no pre-contrast baseline"
-        )
-    arrival = _foot(times_s, hu - hu[:n_baseline].mean(), peak_index)
-    n_baseline = max(1, int(np.count_nonzero(times_s < arrival)))
-    baseline = float(hu[:n_baseline].mean())
-    enhancement = hu - baseline
+    if free:
+        n_baseline, base, enhancement = 0, 0.0, rise
+    else:
+        n_baseline = int(np.count_nonzero(times_s < arrival))
+        if n_baseline == 0:
+            raise AIFError(
+                f"bolus arrives at {arrival:.1f} s, before the first frame: no pre-contrast baseline"
+            )
+        arrival = _foot(times_s, hu - hu[:n_baseline].mean(), peak_index)
+        n_baseline = max(1, int(np.count_nonzero(times_s < arrival)))
+        base = float(hu[:n_baseline].mean())
+        enhancement = hu - base
     peak = float(enhancement[peak_index])
     if peak < min_peak_hu:
-        raise PatientInputError(
-            f"aif.parquet: AIF peak enhancement {peak:.1f} HU over a baseline of {baseline:.1f} HU "
+        raise AIFError(
+            f"AIF peak enhancement {peak:.1f} HU over a baseline of {base:.1f} HU "
             f"is below the minimum {min_peak_hu:g} HU (weak bolus)"
         )
     grid = np.arange(int(np.ceil(times_s[-1] / AIF_GRID_DT_S)) + 1) * AIF_GRID_DT_S
@@ -119,7 +158,7 @@ def arterial_input(times_s: np.ndarray, hu: np.ndarray, min_peak_hu: float, mode
     return ArterialInput(
         times_s=times_s,
         enhancement_hu=enhancement,
-        baseline_hu=baseline,
+        baseline_hu=base,
         n_baseline=n_baseline,
         arrival_s=arrival,
         peak_hu=peak,
@@ -165,8 +204,15 @@ def fit_gamma_variates(times_s: np.ndarray, enhancement: np.ndarray, arrival_s: 
 
 
 def tissue_enhancement(series_tzyx: np.ndarray, mask_zyx: np.ndarray, n_baseline: int) -> np.ndarray:
-    """(voxels, frames) enhancement in HU of the masked voxels, in C order of the mask."""
+    """(voxels, frames) enhancement in HU of the masked voxels, in C order of the mask.
+
+    Each curve minus the mean of its first `n_baseline` frames: the AIF's
+    (`ArterialInput.n_baseline`), so tissue follows the AIF's baseline rule; 0
+    (rule `none`) subtracts nothing, the series being enhancement already.
+    """
     curves = series_tzyx[:, mask_zyx].T.astype(np.float64)
+    if n_baseline == 0:
+        return curves
     return curves - curves[:, :n_baseline].mean(axis=1, keepdims=True)
 
 
