@@ -1,6 +1,12 @@
 """One patient's MBF from arrays: curves, voxel-wise fit, regularised fit, segment curves and fits.
 
 Pure computation (no files), so the stage, the validation and the tests share it.
+
+Cost is bounded by the myocardium, not the field of view or the voxel size: only
+the myocardium's bounding box of the series is read (a view; only its myocardium
+voxels become float64), curves on grids finer than `MBFConfig.working_spacing_mm`
+are block-averaged onto a working grid where they are fitted and regularised,
+and every native voxel then takes its working voxel's values.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from ctp_steps.mbf.config import MBFConfig, Method
 from ctp_steps.mbf.fit import FitResult, RenkinCrone, SharedKinetics, fit_curves
@@ -42,6 +49,8 @@ class MBFEstimate:
     segment_ids: np.ndarray  # (S,)
     segment_curves: np.ndarray  # (S, T) mean enhancement per segment
     segment_fit: FitResult  # fit of the segment mean curves, same model as the regularised map
+    working_spacing_mm: tuple[float, float, float]  # (z, y, x) grid the curves were fitted on
+    n_offsets: int  # neighbours per voxel of the regularisation (0 when off)
 
     def volume(self, values: np.ndarray) -> np.ndarray:
         """Per-voxel values (V,) → float32 (z, y, x) volume, 0 outside the mask."""
@@ -59,7 +68,10 @@ class MBFEstimate:
 def estimate_mbf(
     inputs: PerfusionInputs, cfg: MBFConfig, device: torch.device, method: Method | None = None
 ) -> MBFEstimate:
-    """MBF of every myocardium voxel with `method` (default: cfg.method), raw and regularised."""
+    """MBF of every myocardium voxel with `method` (default: cfg.method), raw and regularised.
+
+    Fits run on the working grid (`WorkingGrid`); maps, segments and curves are per native voxel.
+    """
     method = method or cfg.method
     mask = np.asarray(inputs.myocardium, dtype=bool)
     if inputs.series_hu.shape[1:] != mask.shape or inputs.aha17.shape != mask.shape:
@@ -69,8 +81,13 @@ def estimate_mbf(
     if not mask.any():
         raise PatientInputError("myocardium.nii.gz: empty myocardium mask")
     aif = arterial_input(inputs.times_s, inputs.aif_hu, cfg.min_aif_peak_hu, cfg.aif_model)
-    curves = tissue_enhancement(inputs.series_hu, mask, aif.n_baseline)
-    segments = inputs.aha17[mask].astype(np.int64)
+    box = bounding_box(mask)
+    mask_box = mask[box]
+    curves = tissue_enhancement(inputs.series_hu[(slice(None), *box)], mask_box, aif.n_baseline)
+    segments = inputs.aha17[box][mask_box].astype(np.int64)
+    spacing = tuple(float(s) for s in reversed(inputs.geometry.spacing))
+    grid = WorkingGrid.build(mask_box, segments, spacing, cfg.working_spacing_mm)
+    work_curves = grid.to_working(curves)
 
     def fit(y: np.ndarray, shared: SharedKinetics | None = None) -> FitResult:
         return fit_curves(
@@ -88,15 +105,19 @@ def estimate_mbf(
         )
 
     reg = cfg.regularisation
-    raw = fit(curves)
+    raw = fit(work_curves)
     shared = None
     regularised = raw
+    n_offsets = 0
     if reg.enabled:
-        hood = Neighbourhood.build(mask, tuple(reversed(inputs.geometry.spacing)), reg.radius_mm, device)
+        hood = Neighbourhood.build(grid.mask, grid.spacing_mm, reg.radius_mm, device, reg.min_offset_spacing_mm)
+        n_offsets = hood.n_offsets
         sources = hood.deep(reg.min_depth_mm)
         if method == "one_compartment" and reg.shared_kinetics:
-            shared = shared_kinetics(curves[sources], fit)
-        regularised = _regularised_fit(curves, segments, hood, sources, cfg, device, lambda y: fit(y, shared))
+            shared = shared_kinetics(work_curves[sources], fit)
+        regularised = _regularised_fit(
+            work_curves, grid.segments, hood, sources, cfg, device, lambda y: fit(y, shared)
+        )
     segment_ids, segment_curves = segment_mean_curves(curves, segments)
     return MBFEstimate(
         method=method,
@@ -104,13 +125,112 @@ def estimate_mbf(
         mask=mask,
         segments=segments,
         curves=curves,
-        raw=raw,
-        regularised=regularised,
+        raw=grid.to_native(raw),
+        regularised=grid.to_native(regularised),
         shared=shared,
         segment_ids=segment_ids,
         segment_curves=segment_curves,
         segment_fit=fit(segment_curves, shared),
+        working_spacing_mm=grid.spacing_mm,
+        n_offsets=n_offsets,
     )
+
+
+def bounding_box(mask_zyx: np.ndarray) -> tuple[slice, slice, slice]:
+    """Smallest box holding the mask: nothing outside the myocardium is read, so the rest of the FOV is skipped.
+
+    No margin is needed for the neighbourhood: it pads its own index volume, and only myocardium voxels
+    are ever neighbours.
+    """
+    nonzero = np.nonzero(mask_zyx)
+    return tuple(slice(int(i.min()), int(i.max()) + 1) for i in nonzero)
+
+
+def working_factors(spacing_zyx_mm: tuple[float, float, float], working_spacing_mm: float) -> tuple[int, int, int]:
+    """Voxels per working block along each axis: the most whose span stays within `working_spacing_mm`."""
+    if working_spacing_mm <= 0:
+        return (1, 1, 1)
+    return tuple(max(1, int(np.floor(working_spacing_mm / s + 1e-9))) for s in spacing_zyx_mm)
+
+
+@dataclass(frozen=True)
+class WorkingGrid:
+    """Blocks of native voxels that MBF is fitted on, and the map from native myocardium voxels to them.
+
+    Blocks tile the mask's box from its first voxel, so the grid does not depend on the field of view.
+    A block is a working voxel when most of its voxels (in the box) are myocardium; its curve is the mean of its
+    myocardium voxels' curves (no blood pool or fat averaged in), its AHA label their majority.
+    Native voxels whose block is not one (the mask's edge) take the nearest working voxel's values.
+    With one voxel per block it is the native grid, and both maps are the identity.
+    """
+
+    factors: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]  # (z, y, x)
+    mask: np.ndarray  # (bz, by, bx) bool: the working voxels
+    segments: np.ndarray  # (W,) AHA label of each working voxel
+    block: np.ndarray | None  # (V,) working voxel of each native voxel's own block, -1 if none; None: identity
+    nearest: np.ndarray | None  # (V,) working voxel whose values each native voxel takes; None: identity
+
+    @classmethod
+    def build(
+        cls,
+        mask_zyx: np.ndarray,
+        segments: np.ndarray,
+        spacing_zyx_mm: tuple[float, float, float],
+        working_spacing_mm: float,
+    ) -> "WorkingGrid":
+        factors = working_factors(spacing_zyx_mm, working_spacing_mm)
+        spacing = tuple(f * s for f, s in zip(factors, spacing_zyx_mm))
+        if factors == (1, 1, 1):
+            return cls(factors, spacing, mask_zyx, segments, None, None)
+        f = np.asarray(factors)
+        shape = tuple(-(-np.asarray(mask_zyx.shape) // f))
+        block_id = np.ravel_multi_index((np.argwhere(mask_zyx) // f).T, shape)
+        counts = np.bincount(block_id, minlength=int(np.prod(shape)))
+        # voxels of each block inside the box (the last block along an axis may be short)
+        sizes = [np.minimum(k, n - np.arange(b) * k) for k, n, b in zip(f, mask_zyx.shape, shape)]
+        block_size = (sizes[0][:, None, None] * sizes[1][None, :, None] * sizes[2][None, None, :]).ravel()
+        working = counts * 2 > block_size
+        if not working.any():  # a mask thinner than a block everywhere: keep every block it touches
+            working = counts > 0
+        number = np.full(working.size, -1, dtype=np.int64)
+        number[working] = np.arange(int(working.sum()))
+        working_3d = working.reshape(shape)
+        # nearest working block of every block (itself if working), in mm on the working grid
+        idx = ndimage.distance_transform_edt(
+            ~working_3d, sampling=spacing, return_distances=False, return_indices=True
+        )
+        nearest_block = number[np.ravel_multi_index(tuple(idx), shape).ravel()]
+        block = number[block_id]
+        n_labels = int(segments.max()) + 1 if segments.size else 1
+        inside = block >= 0
+        votes = np.bincount(
+            block[inside] * n_labels + segments[inside], minlength=int(working.sum()) * n_labels
+        ).reshape(-1, n_labels)
+        return cls(factors, spacing, working_3d, votes.argmax(axis=1), block, nearest_block[block_id])
+
+    def to_working(self, curves: np.ndarray) -> np.ndarray:
+        """Native curves (V, T) → working curves (W, T): the mean over each block's myocardium voxels."""
+        if self.block is None:
+            return curves
+        inside = self.block >= 0
+        n = len(self.segments)
+        count = np.bincount(self.block[inside], minlength=n).astype(curves.dtype)
+        sums = np.stack([np.bincount(self.block[inside], weights=c, minlength=n) for c in curves[inside].T], axis=1)
+        return sums / count[:, None]
+
+    def to_native(self, result: FitResult) -> FitResult:
+        """Working-grid fit → one value per native voxel (its block's, or the nearest block's)."""
+        if self.nearest is None:
+            return result
+        i = self.nearest
+        return FitResult(
+            mbf=result.mbf[i],
+            rate=result.rate[i],
+            params={k: v[i] for k, v in result.params.items()},
+            sse=result.sse[i],
+            delay_s=result.delay_s[i],
+        )
 
 
 def shared_kinetics(curves: np.ndarray, fit) -> SharedKinetics:

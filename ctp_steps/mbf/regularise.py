@@ -19,8 +19,10 @@ weighted mean of the curves of myocardium voxels within `radius_mm`:
 
 Curves are averaged, not MBF values: the models are linear in K1 and vb, so a
 mean curve is the curve of the mean parameters, and no fit bias is averaged in.
-Memory stays O(voxels): the loop runs over neighbourhood offsets (hundreds),
-never over voxels.
+Memory stays O(voxels): the loop runs over neighbourhood offsets (hundreds to
+a few thousand), never over voxels. On grids finer than `min_offset_spacing_mm`
+the offsets are taken on a coarser lattice (`offset_steps`), so their number,
+hence the cost per voxel, is bounded whatever the voxel size.
 """
 
 from __future__ import annotations
@@ -46,11 +48,18 @@ class Neighbourhood:
 
     @classmethod
     def build(
-        cls, mask_zyx: np.ndarray, spacing_zyx_mm: tuple[float, float, float], radius_mm: float, device: torch.device
+        cls,
+        mask_zyx: np.ndarray,
+        spacing_zyx_mm: tuple[float, float, float],
+        radius_mm: float,
+        device: torch.device,
+        min_offset_spacing_mm: float = 0.0,
     ) -> "Neighbourhood":
+        """Offsets within `radius_mm` on the lattice of `offset_steps` (every voxel when min_offset_spacing_mm is 0)."""
         spacing = np.asarray(spacing_zyx_mm, dtype=float)
         reach = np.floor(radius_mm / spacing).astype(int)
-        grids = np.meshgrid(*(np.arange(-r, r + 1) for r in reach), indexing="ij")
+        steps = offset_steps(spacing_zyx_mm, min_offset_spacing_mm)
+        grids = np.meshgrid(*(np.arange(-(r // k) * k, r + 1, k) for r, k in zip(reach, steps)), indexing="ij")
         offsets = np.stack([g.ravel() for g in grids], axis=1)
         dist = np.linalg.norm(offsets * spacing, axis=1)
         offsets, dist = offsets[dist <= radius_mm], dist[dist <= radius_mm]
@@ -69,9 +78,38 @@ class Neighbourhood:
             depth_mm=depth[mask_zyx],
         )
 
+    @property
+    def n_offsets(self) -> int:
+        """Neighbours per voxel: the cost of one averaging pass is this times the voxels times the frames."""
+        return int(self.steps.numel())
+
     def deep(self, min_depth_mm: float) -> np.ndarray:
         """Voxels at least `min_depth_mm` inside the mask (the deepest ones where the wall is thinner)."""
         return self.depth_mm >= min(min_depth_mm, float(self.depth_mm.max()))
+
+
+def offset_steps(spacing_zyx_mm: tuple[float, float, float], min_offset_spacing_mm: float) -> tuple[int, int, int]:
+    """Lattice step per axis (voxels): the fewest voxels spanning `min_offset_spacing_mm`, at least 1.
+
+    Rounding up makes every axis's lattice spacing at least `min_offset_spacing_mm` where voxels are finer,
+    so the offsets never outnumber those of an isotropic grid of that spacing (`max_offsets`); voxels
+    at least that large give step 1, i.e. the dense neighbourhood, unchanged.
+    """
+    if min_offset_spacing_mm <= 0:
+        return (1, 1, 1)
+    return tuple(max(1, int(np.ceil(min_offset_spacing_mm / s - 1e-9))) for s in spacing_zyx_mm)
+
+
+def max_offsets(radius_mm: float, min_offset_spacing_mm: float) -> int:
+    """Offsets of an isotropic `min_offset_spacing_mm` grid within `radius_mm`: a bound for any voxel size.
+
+    Each lattice point (a i, b j, c k) with a, b, c >= m maps to (m i, m j, m k), no farther from the
+    centre, so a lattice never holds more points within the radius than the isotropic one.
+    """
+    r = int(np.floor(radius_mm / min_offset_spacing_mm))
+    g = np.arange(-r, r + 1) * min_offset_spacing_mm
+    d2 = g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2
+    return int(np.count_nonzero(d2 <= radius_mm**2))
 
 
 def bilateral_average(

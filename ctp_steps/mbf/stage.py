@@ -112,6 +112,11 @@ def _mean_or_none(values: np.ndarray) -> float | None:
     return float(values.mean()) if values.size else None
 
 
+def working_spacing(est: MBFEstimate) -> str:
+    """The grid the curves were fitted on, "z,y,x" in mm (the native one unless finer than the working spacing)."""
+    return ",".join(f"{s:.4g}" for s in est.working_spacing_mm)
+
+
 def mbf_record(est: MBFEstimate, geometry: Geometry) -> dict:
     """The stage's columns in patients.parquet (None where undefined)."""
     mbf = est.regularised.mbf
@@ -147,6 +152,10 @@ def run(inputs: Inputs, outputs: Outputs, cfg: MBFConfig, ctx: Context) -> dict:
     tac = tac_table(est)
     write_parquet(outputs.tac, tac)
     segments = segment_table(est, data.geometry)
-    write_parquet(outputs.segments, segments, metadata={"method": est.method, "units": "mL/100mL/min"})
+    write_parquet(
+        outputs.segments,
+        segments,
+        metadata={"method": est.method, "units": "mL/100mL/min", "working_spacing_zyx_mm": working_spacing(est)},
+    )
     mbf_figure(est, tac, segments, outputs.qc)
     return mbf_record(est, data.geometry)
