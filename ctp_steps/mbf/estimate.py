@@ -80,7 +80,9 @@ def estimate_mbf(
         )
     if not mask.any():
         raise PatientInputError("myocardium.nii.gz: empty myocardium mask")
-    aif = arterial_input(inputs.times_s, inputs.aif_hu, cfg.min_aif_peak_hu, cfg.aif_model)
+    aif = arterial_input(
+        inputs.times_s, inputs.aif_hu, cfg.min_aif_peak_hu, cfg.aif_model, baseline=cfg.aif_baseline
+    )
     box = bounding_box(mask)
     mask_box = mask[box]
     curves = tissue_enhancement(inputs.series_hu[(slice(None), *box)], mask_box, aif.n_baseline)

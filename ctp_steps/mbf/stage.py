@@ -17,9 +17,9 @@ from ctp_steps.io import read_json, read_series, read_volume, write_parquet, wri
 from ctp_steps.mbf.config import MBFConfig
 from ctp_steps.mbf.estimate import MBFEstimate, PerfusionInputs, estimate_mbf
 from ctp_steps.mbf.fit import model_curves
-from ctp_steps.mbf.tac import read_aif
+from ctp_steps.mbf.tac import AIFError, read_aif
 from ctp_steps.stages import Context, PatientInputs, PatientOutputs
-from ctp_steps.types import Geometry
+from ctp_steps.types import Geometry, PatientInputError
 
 Config = MBFConfig
 
@@ -144,7 +144,10 @@ def run(inputs: Inputs, outputs: Outputs, cfg: MBFConfig, ctx: Context) -> dict:
     if cfg.writes_blood_volume != (outputs.blood_volume is not None):
         raise ValueError(f"the blood volume map is an output exactly for one_compartment (method {cfg.method})")
     data = read_inputs(inputs)
-    est = estimate_mbf(data, cfg, ctx.device)
+    try:
+        est = estimate_mbf(data, cfg, ctx.device)
+    except AIFError as exc:  # found on arrays; the reason names the file the curve came from
+        raise PatientInputError(f"{inputs.aif.name}: {exc}") from exc
     write_volume(outputs.mbf, est.volume(est.regularised.mbf), data.geometry)
     write_volume(outputs.mbf_raw, est.volume(est.raw.mbf), data.geometry)
     if outputs.blood_volume is not None:
