@@ -10,6 +10,11 @@ defect. IMV% is the ischemic share of the LV myocardium; the per-territory
 IMV% are shares of the whole LV myocardium too, so they add up to IMV%.
 Per-segment ischemic_pct is the share of that segment.
 
+Uncertainty (when the MBF stage's SE map `mbf_se.nii.gz` is an input): MBF
+maps are drawn from a normal approximation around the map (`imv_interval`),
+each pushed through the same threshold rule and cluster filter; the 2.5/97.5
+percentiles and SD of the draws' IMV are its 95 % interval and SE.
+
 Contract (ctp_steps/stages.py): `Inputs`, `Outputs` (the keys of rules/imv.smk), `Config`, `run`.
 The config model is importable without numpy-heavy work (planning and the
 config schema use it); the computation imports scipy on use.
@@ -17,6 +22,7 @@ config schema use it); the computation imports scipy on use.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +55,13 @@ class IMVConfig(BaseModel):
     )
     reference_percentile: float = Field(90.0, gt=0, le=100, description="reference = percentile: which one.")
     min_cluster_ml: float = Field(2.0, ge=0, description="Ischemic clusters smaller than this (mL) are dropped.")
+    interval_draws: int = Field(
+        200,
+        ge=0,
+        description="MBF maps drawn from the MBF SE map for the IMV interval (imv_pct_ci_low/high, imv_pct_se); "
+        "0 or no SE map: no interval. The percentiles' Monte Carlo error shrinks as 1/sqrt(draws); the draws "
+        "are seeded per patient (its center/patient folder), so reruns repeat them.",
+    )
 
 
 @dataclass(frozen=True)
@@ -83,6 +96,70 @@ def ischemic_region(mbf_map: np.ndarray, myocardium: np.ndarray, aha17: np.ndarr
     keep = sizes * voxel_ml >= cfg.min_cluster_ml
     keep[0] = False
     return IMVResult(ischemia=keep[labels], threshold=threshold, n_clusters=int(keep.sum()))
+
+
+@dataclass(frozen=True)
+class IMVInterval:
+    """Spread of IMV over MBF maps drawn from the map's uncertainty."""
+
+    pct_se: float
+    pct_ci_low: float
+    pct_ci_high: float
+    ml_se: float
+    ml_ci_low: float
+    ml_ci_high: float
+    n_draws: int
+
+    def record(self) -> dict:
+        return {
+            "imv_pct_se": self.pct_se, "imv_pct_ci_low": self.pct_ci_low, "imv_pct_ci_high": self.pct_ci_high,
+            "imv_ml_se": self.ml_se, "imv_ml_ci_low": self.ml_ci_low, "imv_ml_ci_high": self.ml_ci_high,
+        }
+
+
+def patient_seed(key: str) -> int:
+    """A stable seed from a patient's identity (e.g. "center/patient"): same draws on every rerun and machine.
+
+    sha256, not Python's salted hash(); never a header value, which may change with anonymisation.
+    """
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+
+
+def imv_interval(mbf_map: np.ndarray, se_map: np.ndarray, myocardium: np.ndarray, aha17: np.ndarray,
+                 voxel_ml: float, cfg: IMVConfig, rng: np.random.Generator) -> IMVInterval:
+    """IMV's 95 % interval and SE from `cfg.interval_draws` MBF maps drawn around `mbf_map`.
+
+    Draw d: MBF_d(v) = MBF(v) + z_{d,s(v)} SE(v), one standard normal z per
+    AHA segment s (unlabelled myocardium its own group) shared by all its
+    voxels, independent between segments. Why shared: the regularised map's
+    voxels are weighted means of neighbours within ~20 mm (sigma 10 mm),
+    about a segment's extent, so their errors move together and independent
+    voxel draws would be averaged away (or removed as small clusters) and
+    understate the spread; within a segment this is the fully correlated,
+    wide end. Each draw goes through `ischemic_region` (same threshold rule,
+    relative references recomputed from the draw, same cluster filter).
+    SE 0 everywhere gives a zero-width interval at the point IMV.
+    """
+    n_draws = cfg.interval_draws
+    n_myo = int(myocardium.sum())
+    if n_draws < 2 or n_myo == 0:
+        nan = math.nan
+        return IMVInterval(nan, nan, nan, nan, nan, nan, 0)
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(myocardium))
+    mbf, se, myo, aha = mbf_map[box], np.nan_to_num(se_map[box], nan=0.0), myocardium[box], aha17[box]
+    groups = np.unique(aha[myo])
+    group_of = np.searchsorted(groups, aha)  # outside the myocardium: masked out below
+    counts = np.empty(n_draws)
+    for d in range(n_draws):
+        z = rng.standard_normal(len(groups))
+        draw = np.where(myo, mbf + z[np.clip(group_of, 0, len(groups) - 1)] * se, mbf)
+        counts[d] = ischemic_region(draw, myo, aha, voxel_ml, cfg).ischemia.sum()
+    pct, ml = 100.0 * counts / n_myo, counts * voxel_ml
+    return IMVInterval(
+        pct_se=float(pct.std(ddof=1)), pct_ci_low=float(np.percentile(pct, 2.5)),
+        pct_ci_high=float(np.percentile(pct, 97.5)), ml_se=float(ml.std(ddof=1)),
+        ml_ci_low=float(np.percentile(ml, 2.5)), ml_ci_high=float(np.percentile(ml, 97.5)), n_draws=n_draws,
+    )
 
 
 def segment_table(ischemia: np.ndarray, myocardium: np.ndarray, aha17: np.ndarray, voxel_ml: float) -> pd.DataFrame:
@@ -153,7 +230,16 @@ def run(inputs: Inputs, outputs: Outputs, cfg: IMVConfig, ctx: Context) -> dict:
     segments = segment_table(result.ischemia, myo, aha17, voxel_ml)
     write_parquet(outputs.segments, segments, metadata={"threshold_mbf": f"{result.threshold:.6g}"})
     imv_figure(segments, result.threshold, outputs.qc)
-    return imv_record(result, myo, aha17, voxel_ml, cfg.mode)
+    record = imv_record(result, myo, aha17, voxel_ml, cfg.mode)
+    se_path = getattr(inputs, "mbf_se", None)  # an Inputs field once rules/imv.smk names the MBF stage's SE map
+    if se_path is not None and cfg.interval_draws > 0:
+        se, g_se = read_volume(se_path)
+        if not g_se.allclose(geometry):
+            raise ValueError(f"{se_path}: geometry differs from {inputs.mbf}")
+        folder = inputs.mbf.resolve().parent  # <results>/patients/<center>/<patient>/
+        rng = np.random.default_rng(patient_seed(f"{folder.parent.name}/{folder.name}"))
+        record.update(imv_interval(mbf, se, myo, aha17, voxel_ml, cfg, rng).record())
+    return record
 
 
 def imv_figure(segments: pd.DataFrame, threshold: float, out_png: Path) -> None:

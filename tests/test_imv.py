@@ -150,3 +150,82 @@ def test_validation_metrics_against_truth(tmp_path):
     assert value["imv_pct_abs_error", "lad"] == pytest.approx(100 * 96 / n)
     assert value["imv_pct_abs_error", "rca"] == 0.0
     assert ("imv_pct_abs_error", "lv_raw") in value.index
+
+
+# ---------------------------------------------------------------- IMV interval from the MBF SE map
+from ctp_steps.imv import IMVInterval, imv_interval, patient_seed  # noqa: E402
+
+
+def smooth_patient():
+    """The slab with a graded LAD block: MBF 60 at the edge column rising by 10 per column to 200 (threshold 100
+    crosses inside segment 1), so an MBF error moves the ischemic border and IMV with it."""
+    mbf, myo, aha = slab_patient()
+    mbf[1, 5, 15] = mbf[4, 12, 14] = 200.0
+    for i, col in enumerate(range(2, 8)):
+        mbf[:, 2:18, col] = 60.0 + 20.0 * i  # 60 80 100 120 140 160
+    return mbf, myo, aha
+
+
+def _interval(se, cfg=IMVConfig(min_cluster_ml=0.05), seed=1) -> tuple[IMVInterval, float]:
+    mbf, myo, aha = smooth_patient()
+    point = ischemic_region(mbf, myo, aha, VOXEL_ML, cfg).ischemia.sum() * 100.0 / myo.sum()
+    se_map = np.where(myo, se, 0.0)
+    return imv_interval(mbf, se_map, myo, aha, VOXEL_ML, cfg, np.random.default_rng(seed)), point
+
+
+def test_imv_interval_is_degenerate_without_se_and_widens_with_it():
+    zero, point = _interval(0.0)
+    assert point == pytest.approx(100 * 2 * 96 / 1536)  # columns at 60 and 80
+    assert zero.pct_ci_low == zero.pct_ci_high == pytest.approx(point) and zero.pct_se == 0.0 and zero.n_draws == 200
+    widths = []
+    for se in (5.0, 15.0, 40.0):
+        result, _ = _interval(se)
+        assert result.pct_ci_low <= point <= result.pct_ci_high
+        assert result.ml_ci_high == pytest.approx(result.pct_ci_high / 100 * 1536 * VOXEL_ML)
+        widths.append((result.pct_ci_high - result.pct_ci_low, result.pct_se))
+    assert 0 < widths[0][0] < widths[1][0] < widths[2][0]
+    assert 0 < widths[0][1] < widths[1][1] < widths[2][1]
+    # SE 15 on a ramp of 20 per column: one column is 6.25 % of the slab; IMV moves by about a column
+    assert 3.0 < widths[1][1] < 12.0
+
+
+def test_imv_interval_is_reproducible_per_patient_and_follows_the_relative_rule():
+    a, _ = _interval(15.0, seed=patient_seed("CTR-A/S0001"))
+    b, _ = _interval(15.0, seed=patient_seed("CTR-A/S0001"))
+    c, _ = _interval(15.0, seed=patient_seed("CTR-A/S0002"))
+    assert a == b and a != c and patient_seed("CTR-A/S0001") == patient_seed("CTR-A/S0001")
+    relative, point = _interval(15.0, IMVConfig(mode="relative", threshold_rel=0.5, min_cluster_ml=0.05))
+    assert relative.pct_ci_low <= point <= relative.pct_ci_high and relative.pct_se > 0
+    off, _ = _interval(15.0, IMVConfig(interval_draws=0))
+    assert off.n_draws == 0 and np.isnan(off.pct_se)
+
+
+def test_stage_reports_the_interval_when_given_the_se_map(tmp_path):
+    from dataclasses import dataclass
+    from pathlib import Path
+
+    from ctp_steps.imv import Inputs, Outputs, run
+    from ctp_steps.stages import Context
+
+    @dataclass(frozen=True, kw_only=True)
+    class WithSE(Inputs):  # Inputs itself names mbf_se once rules/imv.smk takes the MBF stage's SE map
+        mbf_se: Path | None = None
+
+    mbf, myo, aha = smooth_patient()
+    folder = tmp_path / "CTR-A" / "S0001"
+    folder.mkdir(parents=True)
+    _write_patient(folder, mbf, myo, aha)
+    write_volume(folder / "mbf_se.nii.gz", np.where(myo, 15.0, 0.0).astype(np.float32), GEOMETRY)
+    inputs = WithSE(mbf=folder / "mbf.nii.gz", myocardium=folder / "myocardium.nii.gz", aha=folder / "aha17.nii.gz",
+                    mbf_se=folder / "mbf_se.nii.gz")
+    outputs = Outputs(ischemia=folder / "ischemia.nii.gz", segments=folder / "segments_imv.parquet",
+                      qc=folder / "imv_qc.png", status=folder / "imv.status.json")
+    record = run(inputs, outputs, IMVConfig(min_cluster_ml=0.05), Context("threshold"))
+    interval_keys = {"imv_pct_se", "imv_pct_ci_low", "imv_pct_ci_high", "imv_ml_se", "imv_ml_ci_low", "imv_ml_ci_high"}
+    assert set(record) == IMV_RECORD_KEYS | interval_keys
+    assert record["imv_pct_ci_low"] <= record["imv_pct"] <= record["imv_pct_ci_high"] and record["imv_pct_se"] > 0
+    expected, _ = _interval(15.0, seed=patient_seed("CTR-A/S0001"))
+    assert record["imv_pct_se"] == pytest.approx(expected.pct_se)
+    without = run(Inputs(mbf=inputs.mbf, myocardium=inputs.myocardium, aha=inputs.aha), outputs,
+                  IMVConfig(min_cluster_ml=0.05), Context("threshold"))
+    assert set(without) == IMV_RECORD_KEYS and without["imv_pct"] == record["imv_pct"]

@@ -18,8 +18,10 @@ from ctp_steps.mbf.uncertainty import (
     flow_slope,
     is_reliable,
     numerical_jacobian,
+    deep_voxels,
     parameter_covariance,
-    region_mean_curves,
+    patient_uncertainty,
+    region_selections,
 )
 from test_mbf import TIMES, tissue_curves
 
@@ -156,14 +158,53 @@ def test_reliability_rule_is_the_configured_half_width():
         UncertaintyConfig(reliable_max_ci_half_width_pct=0.0)
 
 
-def test_region_mean_curves_are_global_and_territory_means():
-    curves = np.arange(12.0).reshape(6, 2)
+def test_regions_are_global_territories_and_segments_and_deep_voxels_follow_the_depth_rule():
     segments = np.array([1, 1, 3, 5, 0, 17])  # LAD, LAD, RCA, LCX, none, LAD
-    names, means = region_mean_curves(curves, segments)
-    assert names == ["global", "lad", "rca", "lcx"]
-    np.testing.assert_allclose(means[0], curves.mean(0))
-    np.testing.assert_allclose(means[1], curves[[0, 1, 5]].mean(0))
-    np.testing.assert_allclose(means[3], curves[3])
+    names, sel = region_selections(segments)
+    assert names == ["global", "lad", "rca", "lcx", "1", "3", "5", "17"]
+    assert sel[0].all() and sel[1].tolist() == [True, True, False, False, False, True]
+    assert sel[names.index("17")].tolist() == [False] * 5 + [True]
+    thick = np.zeros((9, 9, 9), dtype=bool)
+    thick[1:8, 1:8, 1:8] = True
+    deep = deep_voxels(thick, (1.0, 1.0, 1.0), 3.0)
+    expected = np.zeros_like(thick)
+    expected[3:6, 3:6, 3:6] = True
+    np.testing.assert_array_equal(deep, expected[thick])
+    # thinner than the depth: the deepest voxels
+    assert deep_voxels(thick, (1.0, 1.0, 1.0), 10.0).sum() == 1
+
+
+def test_patient_uncertainty_on_the_ring():
+    """Keys, intervals around the reported values, SE growing with noise, kinetics error included."""
+    from test_mbf import ring_patient
+
+    from ctp_steps.mbf import MBFConfig
+    from ctp_steps.mbf.estimate import estimate_mbf
+
+    cfg = MBFConfig(regularisation={"radius_mm": 8.0, "spatial_sigma_mm": 5.0})
+    out = {}
+    for noise in (4.0, 12.0):
+        inputs, _ = ring_patient(noise_hu=noise)
+        est = estimate_mbf(inputs, cfg, CPU)
+        out[noise] = (est, patient_uncertainty(est, cfg, CPU, UncertaintyConfig(), (3.0, 2.5, 2.5)))
+    est, pu = out[12.0]
+    r = pu.record
+    assert set(r) == {f"mbf_{g}_{k}" for g in ("global", "lad", "rca", "lcx") for k in ("se", "ci_low", "ci_high")} | {
+        "mbf_reliable"}
+    assert r["mbf_global_ci_low"] < est.regularised.mbf.mean() < r["mbf_global_ci_high"]
+    assert sorted(pu.segments) == list(range(1, 13)) and pu.voxel_se.shape == est.regularised.mbf.shape
+    for s, v in pu.segments.items():
+        assert v["mbf_ci_low"] < est.regularised.mbf[est.segments == s].mean() < v["mbf_ci_high"] and v["mbf_se"] > 0
+    # 3x the noise, about 3x the SE (the kinetics' share scales with it too)
+    assert r["mbf_global_se"] / out[4.0][1].record["mbf_global_se"] == pytest.approx(3.0, rel=0.25)
+    # measured over 12 noise draws of this ring (session report): SD of global mean 2.9 / 8.7 at 4 / 12 HU
+    assert 5.0 < r["mbf_global_se"] < 15.0
+    without = fit_uncertainty(est.regularised, est.aif, "one_compartment", max_delay_s=cfg.max_delay_s,
+                              shared=est.shared, device=CPU)
+    assert np.median(pu.voxel_se) > np.median(without.mbf_se(est.regularised.mbf, RC))
+    assert r["mbf_reliable"] is True
+    assert patient_uncertainty(est, cfg, CPU, UncertaintyConfig(reliable_max_ci_half_width_pct=1.0),
+                               (3.0, 2.5, 2.5)).record["mbf_reliable"] is False
 
 
 def test_mbf_uncertainty_container():

@@ -225,11 +225,15 @@ def fit_uncertainty(
     shared: SharedKinetics | None,
     device: torch.device,
     chunk: int = 20_000,
+    kinetics_cov: np.ndarray | None = None,
 ) -> MBFUncertainty:
     """SE of the fitted rate of every curve of `fit`, from the model at its parameters and its own SSE.
 
     Upslope has no noise model: NaN. The fitted rate is MBF before the
     extraction correction; `MBFUncertainty.mbf_se` and `.interval` carry it to MBF.
+    With shared kinetics, `kinetics_cov` (3x3 over ve, vb, delay: `kinetics_covariance`)
+    adds the error of the patient-level kinetics, g' C g with g = dK1/d(ve, vb, delay)
+    of each curve's K1-only fit (`kinetics_sensitivity`); None leaves it out.
     """
     n, frames = len(fit.mbf), len(aif.times_s)
     if method == "upslope":
@@ -249,20 +253,92 @@ def fit_uncertainty(
         th = torch.as_tensor(theta[i : i + chunk], device=device, dtype=DTYPE)
         jac = numerical_jacobian(model, th, scale)
         cov = parameter_covariance(jac, torch.as_tensor(sigma2[i : i + chunk], device=device, dtype=DTYPE))
-        se.append(cov[:, 0, 0].clamp_min(0).sqrt().cpu().numpy())
+        var = cov[:, 0, 0].clamp_min(0)
+        if shared is not None and kinetics_cov is not None:
+            g = kinetics_sensitivity(aif, max_delay_s, shared, th[:, 0], device)
+            c = torch.as_tensor(kinetics_cov, device=device, dtype=DTYPE)
+            var = var + ((g @ c) * g).sum(-1).clamp_min(0)
+        se.append(var.sqrt().cpu().numpy())
     rate_se = (np.concatenate(se) if se else np.zeros(0)) * PER_S_TO_ML_100ML_MIN
     return MBFUncertainty(rate_se=rate_se, sigma_hu=np.sqrt(sigma2), dof=dof)
 
 
-def region_mean_curves(curves: np.ndarray, segments: np.ndarray) -> tuple[list[str], np.ndarray]:
-    """Mean enhancement curve of the whole myocardium (`global`) and of each territory present: names, (R, T)."""
-    names, means = ["global"], [curves.mean(axis=0)]
+def _shared_parameter_model(
+    aif: ArterialInput, max_delay_s: float, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The one-compartment model of fit.py in the shared-kinetics parameters (K1, ve, vb, delay), k2 = K1 / ve."""
+    times = torch.as_tensor(aif.times_s, device=device, dtype=DTYPE)
+    fitter = OneCompartmentFitter(GridAIF.from_values(aif.grid_dt_s, aif.grid_hu, device, DTYPE), times, max_delay_s)
+
+    def model(theta: torch.Tensor) -> torch.Tensor:
+        k1, ve, vb, delay = theta.unbind(-1)
+        return fitter.model(torch.stack([k1, k1 / ve, vb, delay], dim=-1))[0]
+
+    return model
+
+
+def _shared_jacobian(
+    aif: ArterialInput, max_delay_s: float, shared: SharedKinetics, k1: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """d curve / d(K1, ve, vb, delay) (n, T, 4) at each K1 with the patient's kinetics."""
+    model = _shared_parameter_model(aif, max_delay_s, device)
+    eta = torch.tensor([shared.ve, shared.vb, shared.delay_s], device=device, dtype=DTYPE)
+    theta = torch.cat([k1[:, None], eta.expand(len(k1), 3)], dim=1)
+    # bound ranges (K1, ve, vb, delay) for the step floors: ve's as K1's over k2's lower bound is not useful,
+    # so ve, like vb, gets the fraction range 1
+    scale = torch.tensor([10.0 / 60, 1.0, 1.0, max(max_delay_s, 1.0)], device=device, dtype=DTYPE)
+    return numerical_jacobian(model, theta, scale)
+
+
+def kinetics_sensitivity(
+    aif: ArterialInput, max_delay_s: float, shared: SharedKinetics, k1: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """g = dK1/d(ve, vb, delay) (n, 3) of K1-only least-squares fits at K1 (1/s): -(J1'J1)^-1 J1' J_eta."""
+    jac = _shared_jacobian(aif, max_delay_s, shared, k1, device)
+    j1, j_eta = jac[..., 0], jac[..., 1:]
+    return -(j1[:, :, None] * j_eta).sum(1) / (j1**2).sum(1).clamp_min(1e-300)[:, None]
+
+
+def kinetics_covariance(
+    k1: float, sse: float, aif: ArterialInput, max_delay_s: float, shared: SharedKinetics, device: torch.device
+) -> np.ndarray:
+    """Covariance (3x3: ve, vb, delay) of the patient's shared kinetics, from the curve they were fitted on.
+
+    `k1` (1/s) and `sse` are that curve's fit (all four parameters free, in the
+    shared parameterisation; sigma^2 = sse / (T - 4)). The block of the full
+    inverse, not of the kinetics alone: K1 was estimated with them. Profile
+    identity: Var(K1 | 4 free) = Var(K1 | kinetics fixed) + g' C g exactly for
+    that curve; for other curves the covariance of their own noise with the
+    kinetics' is neglected.
+    """
+    jac = _shared_jacobian(aif, max_delay_s, shared, torch.tensor([k1], device=device, dtype=DTYPE), device)
+    dof = len(aif.times_s) - 4
+    sigma2 = torch.tensor([sse / dof], device=device, dtype=DTYPE)
+    return parameter_covariance(jac, sigma2)[0, 1:, 1:].cpu().numpy()
+
+
+def region_selections(segments: np.ndarray) -> tuple[list[str], list[np.ndarray]]:
+    """Voxel selections (V,) bool of `global`, each territory present (`lad`, ...) and each segment present ("1"...)."""
+    names, sel = ["global"], [np.ones(len(segments), dtype=bool)]
     for terr, segs in TERRITORY_SEGMENTS.items():
-        sel = np.isin(segments, segs)
-        if sel.any():
+        if np.isin(segments, segs).any():
             names.append(terr.lower())
-            means.append(curves[sel].mean(axis=0))
-    return names, np.stack(means)
+            sel.append(np.isin(segments, segs))
+    for s in np.unique(segments[segments > 0]):
+        names.append(str(int(s)))
+        sel.append(segments == s)
+    return names, sel
+
+
+def deep_voxels(mask_zyx: np.ndarray, spacing_zyx_mm: tuple[float, float, float], min_depth_mm: float) -> np.ndarray:
+    """(V,) bool: mask voxels at least `min_depth_mm` inside (the deepest where the wall is thinner), C order.
+
+    The same rule as the regularisation's sources (`Neighbourhood.deep`), on the given grid.
+    """
+    from scipy import ndimage
+
+    depth = ndimage.distance_transform_edt(np.pad(mask_zyx, 1), sampling=spacing_zyx_mm)[1:-1, 1:-1, 1:-1][mask_zyx]
+    return depth >= min(min_depth_mm, float(depth.max()))
 
 
 def region_fit(
@@ -308,3 +384,69 @@ def is_reliable(estimate: float | None, ci_low: float, ci_high: float, cfg: Unce
     if estimate is None or not np.isfinite([estimate, ci_low, ci_high]).all() or estimate <= 0:
         return None
     return bool(50.0 * (ci_high - ci_low) / estimate < cfg.reliable_max_ci_half_width_pct)
+
+
+@dataclass(frozen=True)
+class PatientUncertainty:
+    """Everything the MBF stage reports about precision, for one patient."""
+
+    voxel_se: np.ndarray  # (V,) SE of the regularised map (mbf_se.nii.gz), mL/100mL/min
+    segments: dict[int, dict[str, float]]  # segment -> {"mbf_se", "mbf_ci_low", "mbf_ci_high"} (segments.parquet)
+    record: dict[str, float | bool | None]  # patients.parquet columns
+
+
+def _value(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def patient_uncertainty(
+    est, cfg: MBFConfig, device: torch.device, rule: UncertaintyConfig, spacing_zyx_mm: tuple[float, float, float]
+) -> PatientUncertainty:
+    """SE and intervals of the regularised map, of each segment's, territory's and the global mean, and the flag.
+
+    `est` is an `MBFEstimate`, `spacing_zyx_mm` its mask's voxel size. Reported
+    values are the stage's (means of the regularised map). A region's SE is
+    that of the fit of the mean curve of the voxels its regularised values are
+    made of: with regularisation, its deep voxels (the averages' sources, the
+    same depth rule; all its voxels where none is deep), else all its voxels.
+    Averaging only the region's deep voxels ignores the sources the kernel
+    reaches across the region's border (with `same_segment` off), so it errs
+    on the large side; averaging all its voxels instead understated the SD of
+    the regularised means over noise realisations by up to 2x (12 noise
+    draws of the test ring, BENCHMARKS-style check in the session report).
+    With shared kinetics the error of the patient's kinetics is added
+    (`kinetics_covariance`, from the fit of the global source curve).
+    """
+    rc = renkin_crone_of(cfg, est.method)
+    names, selections = region_selections(est.segments)
+    if cfg.regularisation.enabled:
+        deep = deep_voxels(est.mask, spacing_zyx_mm, cfg.regularisation.min_depth_mm)
+        selections = [s & deep if (s & deep).any() else s for s in selections]
+    curves = np.stack([est.curves[s].mean(axis=0) for s in selections])
+    mbf = est.regularised.mbf
+    means = np.array([mbf[sel].mean() for sel in region_selections(est.segments)[1]])
+    if est.method == "upslope":
+        nan = np.full(len(names), np.nan)
+        voxel_se, regions = np.full(len(mbf), np.nan), {"se": nan, "ci_low": nan, "ci_high": nan}
+    else:
+        fits = region_fit(curves, est.aif, est.method, cfg, est.shared, device)
+        kinetics_cov = None
+        if est.shared is not None:
+            kinetics_cov = kinetics_covariance(float(fits.params["k1"][0]), float(fits.sse[0]), est.aif,
+                                               cfg.max_delay_s, est.shared, device)
+
+        def uncertainty(fit: FitResult) -> MBFUncertainty:
+            return fit_uncertainty(fit, est.aif, est.method, max_delay_s=cfg.max_delay_s, shared=est.shared,
+                                   device=device, chunk=cfg.chunk_voxels, kinetics_cov=kinetics_cov)
+
+        voxel_se = uncertainty(est.regularised).mbf_se(mbf, rc)
+        regions = summary(means, uncertainty(fits), rc, cfg.max_mbf)
+    segments = {
+        int(n): {f"mbf_{k}": float(v[i]) for k, v in regions.items()} for i, n in enumerate(names) if n.isdigit()
+    }
+    record: dict[str, float | bool | None] = {}
+    for region in ["global", *(t.lower() for t in TERRITORY_SEGMENTS)]:
+        for k in ("se", "ci_low", "ci_high"):
+            record[f"mbf_{region}_{k}"] = _value(regions[k][names.index(region)]) if region in names else None
+    record["mbf_reliable"] = is_reliable(_value(means[0]), regions["ci_low"][0], regions["ci_high"][0], rule)
+    return PatientUncertainty(voxel_se=voxel_se, segments=segments, record=record)
