@@ -75,7 +75,7 @@ def osipi(model: str) -> dict:
         "ktrans": np.tile(table["Ktrans"].to_numpy(), 2),
         "ve": np.tile(table["ve"].to_numpy(), 2),
         "vp": np.tile(table["vp"].to_numpy(), 2) if "vp" in table else np.zeros(2 * n),
-        "delay": np.concatenate([table["arterialdelay"].to_numpy(), table["arterialdelay"].to_numpy() + times[0][shift]]),
+        "delay": np.concatenate([table["arterialdelay"], table["arterialdelay"] + times[0][shift]]),
     }
 
 
@@ -89,7 +89,8 @@ def osipi_fit(model: str) -> dict[str, np.ndarray]:
     return {"ktrans": k1 * 60.0, "ve": k1 / k2, "vp": fit.params["vb"], "delay": fit.delay_s}
 
 
-CASES = [(model, i) for model in ("extended_tofts", "tofts") for i in range(2 * (15 if model == "extended_tofts" else 25))]
+N_CASES = {"extended_tofts": 2 * 15, "tofts": 2 * 25}  # undelayed + delayed
+CASES = [(model, i) for model, n in N_CASES.items() for i in range(n)]
 
 
 @pytest.mark.parametrize(("model", "case"), CASES, ids=[f"{m}-{i}" for m, i in CASES])
