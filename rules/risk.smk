@@ -10,6 +10,7 @@ rule risk:
         cox=f"{RISK_DIR}/cox.parquet",
         concordance=f"{RISK_DIR}/concordance.parquet",
         ph=f"{RISK_DIR}/ph_test.parquet",
+        measurement_error=f"{RISK_DIR}/measurement_error.parquet",
         km=report(f"{RISK_DIR}/km.png", caption="../report/km.rst", category="risk"),
         forest=report(f"{RISK_DIR}/forest.png", caption="../report/forest.rst", category="risk"),
         report=f"{RISK_DIR}/report.md",
