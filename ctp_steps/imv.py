@@ -111,10 +111,12 @@ class IMVInterval:
     n_draws: int
 
     def record(self) -> dict:
-        return {
+        """The patients.parquet columns (None where undefined)."""
+        values = {
             "imv_pct_se": self.pct_se, "imv_pct_ci_low": self.pct_ci_low, "imv_pct_ci_high": self.pct_ci_high,
             "imv_ml_se": self.ml_se, "imv_ml_ci_low": self.ml_ci_low, "imv_ml_ci_high": self.ml_ci_high,
         }
+        return {k: v if math.isfinite(v) else None for k, v in values.items()}
 
 
 def patient_seed(key: str) -> int:
@@ -138,15 +140,16 @@ def imv_interval(mbf_map: np.ndarray, se_map: np.ndarray, myocardium: np.ndarray
     understate the spread; within a segment this is the fully correlated,
     wide end. Each draw goes through `ischemic_region` (same threshold rule,
     relative references recomputed from the draw, same cluster filter).
-    SE 0 everywhere gives a zero-width interval at the point IMV.
+    SE 0 everywhere gives a zero-width interval at the point IMV; a NaN SE in
+    the myocardium (no noise model, e.g. upslope) gives a NaN interval.
     """
     n_draws = cfg.interval_draws
     n_myo = int(myocardium.sum())
-    if n_draws < 2 or n_myo == 0:
+    if n_draws < 2 or n_myo == 0 or not np.isfinite(se_map[myocardium]).all():  # NaN SE: unknown (upslope)
         nan = math.nan
         return IMVInterval(nan, nan, nan, nan, nan, nan, 0)
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(myocardium))
-    mbf, se, myo, aha = mbf_map[box], np.nan_to_num(se_map[box], nan=0.0), myocardium[box], aha17[box]
+    mbf, se, myo, aha = mbf_map[box], se_map[box], myocardium[box], aha17[box]
     groups = np.unique(aha[myo])
     group_of = np.searchsorted(groups, aha)  # outside the myocardium: masked out below
     counts = np.empty(n_draws)

@@ -39,6 +39,7 @@ ARTIFACTS: dict[str, Artifact] = {
     "landmarks_qc": Artifact("landmarks.png", "landmarks"),
     "mbf": Artifact("mbf.nii.gz", "mbf"),  # the regularised map
     "mbf_raw": Artifact("mbf_raw.nii.gz", "mbf"),  # the voxel-wise fit
+    "mbf_se": Artifact("mbf_se.nii.gz", "mbf"),  # standard error of the regularised map
     "blood_volume": Artifact("blood_volume.nii.gz", "mbf"),  # one_compartment only
     "tac": Artifact("tac.parquet", "mbf"),
     "segments_mbf": Artifact("segments_mbf.parquet", "mbf"),

@@ -14,6 +14,7 @@ rule mbf:
     output:
         mbf=patient_file("mbf"),
         mbf_raw=patient_file("mbf_raw"),
+        mbf_se=patient_file("mbf_se"),
         tac=patient_file("tac"),
         segments=patient_file("segments_mbf"),
         qc=qc_figure(patient_file("mbf_qc"), "mbf"),

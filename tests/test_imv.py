@@ -197,7 +197,9 @@ def test_imv_interval_is_reproducible_per_patient_and_follows_the_relative_rule(
     relative, point = _interval(15.0, IMVConfig(mode="relative", threshold_rel=0.5, min_cluster_ml=0.05))
     assert relative.pct_ci_low <= point <= relative.pct_ci_high and relative.pct_se > 0
     off, _ = _interval(15.0, IMVConfig(interval_draws=0))
-    assert off.n_draws == 0 and np.isnan(off.pct_se)
+    assert off.n_draws == 0 and np.isnan(off.pct_se) and off.record()["imv_pct_ci_low"] is None
+    unknown, _ = _interval(np.nan)
+    assert unknown.n_draws == 0 and unknown.record()["imv_pct_se"] is None
 
 
 def test_stage_reports_the_interval_when_given_the_se_map(tmp_path):

@@ -4,6 +4,7 @@ coverage of the truth, 1/sqrt(n) shrinkage of averaged curves, the delta method 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -219,3 +220,38 @@ def test_cuda_matches_cpu():
     cpu = fit_uncertainty(result, aif, "one_compartment", max_delay_s=10.0, shared=None, device=CPU)
     gpu = fit_uncertainty(result, aif, "one_compartment", max_delay_s=10.0, shared=None, device=torch.device("cuda"))
     np.testing.assert_allclose(gpu.rate_se, cpu.rate_se, rtol=1e-6)
+
+
+def test_stage_writes_the_se_map_segment_columns_and_patient_metadata(tmp_path):
+    """The MBF stage with its mbf_se output; without it (the older contract) nothing changes."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from ctp_steps.cli import main
+    from ctp_steps.io import read_status, read_volume
+    from ctp_steps.mbf import MBFConfig
+    from test_mbf import aif_hu, ring_patient, write_patient
+
+    inputs, _ = ring_patient(noise_hu=8.0)
+    write_patient(tmp_path, inputs, aif_hu())
+    cfg = MBFConfig(regularisation={"radius_mm": 8.0, "spatial_sigma_mm": 5.0})
+    names = {"mbf": "mbf.nii.gz", "mbf_raw": "mbf_raw.nii.gz", "mbf_se": "mbf_se.nii.gz", "tac": "tac.parquet",
+             "segments": "segments_mbf.parquet", "qc": "mbf_qc.png", "status": "mbf.status.json",
+             "blood_volume": "blood_volume.nii.gz"}
+    files = {"input": {"upstream": "landmarks.status.json", "frames": "frames.json", "series": "registered.nii.gz",
+                       "myocardium": "myocardium.nii.gz", "aha": "aha17.nii.gz", "aif": "aif.parquet"},
+             "output": names}
+    files = {side: {k: str(tmp_path / v) for k, v in named.items()} for side, named in files.items()}
+    main(["run", "mbf", "--implementation", "fit", "--files", json.dumps(files), "--config-json",
+          cfg.model_dump_json(), "--device", "cpu"])
+    assert read_status(tmp_path / "mbf.status.json").status == "ok"
+    se, _ = read_volume(tmp_path / "mbf_se.nii.gz")
+    myo = inputs.myocardium
+    assert (se[myo] > 0).all() and (se[~myo] == 0).all()
+    table = pd.read_parquet(tmp_path / "segments_mbf.parquet").set_index("segment")
+    filled = table.loc[1:12]
+    assert (filled.mbf_ci_low < filled.mbf_mean).all() and (filled.mbf_mean < filled.mbf_ci_high).all()
+    assert (filled.mbf_se > 0).all() and table.loc[13:, "mbf_se"].isna().all()
+    meta = {k.decode(): v.decode() for k, v in pq.read_schema(tmp_path / "segments_mbf.parquet").metadata.items()}
+    assert float(meta["mbf_global_ci_low"]) < float(meta["mbf_global_ci_high"]) and meta["mbf_reliable"] == "True"

@@ -18,6 +18,7 @@ from ctp_steps.mbf.config import MBFConfig
 from ctp_steps.mbf.estimate import MBFEstimate, PerfusionInputs, estimate_mbf
 from ctp_steps.mbf.fit import model_curves
 from ctp_steps.mbf.tac import AIFError, read_aif
+from ctp_steps.mbf.uncertainty import PatientUncertainty, UncertaintyConfig, patient_uncertainty
 from ctp_steps.stages import Context, PatientInputs, PatientOutputs
 from ctp_steps.types import Geometry, PatientInputError
 
@@ -43,6 +44,7 @@ class Outputs(PatientOutputs):
     segments: Path
     qc: Path
     blood_volume: Path | None = None  # exactly when `MBFConfig.writes_blood_volume`
+    mbf_se: Path | None = None  # SE of the regularised map; when asked for, the uncertainty columns come with it
 
 
 def read_inputs(paths: Inputs) -> PerfusionInputs:
@@ -67,9 +69,13 @@ def read_inputs(paths: Inputs) -> PerfusionInputs:
     )
 
 
-def segment_table(est: MBFEstimate, geometry: Geometry) -> pd.DataFrame:
-    """17 rows: MBF statistics of the regularised map per AHA segment (NaN where a segment is empty)."""
+def segment_table(est: MBFEstimate, geometry: Geometry, uncertainty: PatientUncertainty | None = None) -> pd.DataFrame:
+    """17 rows: MBF statistics of the regularised map per AHA segment (NaN where a segment is empty).
+
+    With `uncertainty`: mbf_se, mbf_ci_low, mbf_ci_high of mbf_mean (ctp_steps/mbf/uncertainty.py).
+    """
     rows = []
+    empty = {"mbf_se": math.nan, "mbf_ci_low": math.nan, "mbf_ci_high": math.nan}
     curve_fit = dict(zip(est.segment_ids.tolist(), est.segment_fit.mbf.tolist()))
     for s in range(1, N_SEGMENTS + 1):
         sel = est.segments == s
@@ -86,6 +92,7 @@ def segment_table(est: MBFEstimate, geometry: Geometry) -> pd.DataFrame:
                 "n_voxels": int(sel.sum()),
                 "volume_ml": float(sel.sum() * geometry.voxel_ml),
             }
+            | ({} if uncertainty is None else uncertainty.segments.get(s, empty))
         )
     return pd.DataFrame(rows)
 
@@ -137,6 +144,17 @@ def mbf_record(est: MBFEstimate, geometry: Geometry) -> dict:
     return record
 
 
+def uncertainty_metadata(unc: PatientUncertainty | None) -> dict[str, str]:
+    """The patient-level uncertainty (global and territory SE and 95 % interval, mbf_reliable) as parquet metadata.
+
+    Kept out of the status record until the cohort's patients schema declares these columns
+    (ctp_steps/cohort.py rejects unknown record keys).
+    """
+    if unc is None:
+        return {}
+    return {k: "" if v is None else str(v) for k, v in unc.record.items()}
+
+
 def run(inputs: Inputs, outputs: Outputs, cfg: MBFConfig, ctx: Context) -> dict:
     """Estimate MBF for one patient and write every output; returns the record."""
     from ctp_steps.mbf.plots import mbf_figure
@@ -152,13 +170,20 @@ def run(inputs: Inputs, outputs: Outputs, cfg: MBFConfig, ctx: Context) -> dict:
     write_volume(outputs.mbf_raw, est.volume(est.raw.mbf), data.geometry)
     if outputs.blood_volume is not None:
         write_volume(outputs.blood_volume, est.volume(est.raw.params["vb"]), data.geometry)
+    unc = None
+    if outputs.mbf_se is not None:
+        rule = getattr(cfg, "uncertainty", None) or UncertaintyConfig()  # MBFConfig.uncertainty once it has one
+        spacing = tuple(float(x) for x in reversed(data.geometry.spacing))
+        unc = patient_uncertainty(est, cfg, ctx.device, rule, spacing)
+        write_volume(outputs.mbf_se, est.volume(unc.voxel_se), data.geometry)
     tac = tac_table(est)
     write_parquet(outputs.tac, tac)
-    segments = segment_table(est, data.geometry)
+    segments = segment_table(est, data.geometry, unc)
     write_parquet(
         outputs.segments,
         segments,
-        metadata={"method": est.method, "units": "mL/100mL/min", "working_spacing_zyx_mm": working_spacing(est)},
+        metadata={"method": est.method, "units": "mL/100mL/min", "working_spacing_zyx_mm": working_spacing(est)}
+        | uncertainty_metadata(unc),
     )
     mbf_figure(est, tac, segments, outputs.qc)
     return mbf_record(est, data.geometry)
