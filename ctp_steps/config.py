@@ -19,7 +19,7 @@ from ctp_steps.imv import IMVConfig
 from ctp_steps.landmarks.config import LandmarkConfig
 from ctp_steps.mbf.config import MBFConfig
 from ctp_steps.phantom.outcomes import OutcomeParams
-from ctp_steps.phantom.params import PhantomParams
+from ctp_steps.phantom.params import NativeGrid, PhantomParams
 from ctp_steps.registration.config import RegistrationConfig
 from ctp_steps.risk import RiskConfig
 from ctp_steps.segmentation.config import SegmentationConfig
@@ -52,6 +52,12 @@ class SyntheticCohortConfig(Strict):
         min_length=1,
     )
     phantom: PhantomParams = Field(default_factory=PhantomParams)
+    native_grid: NativeGrid | None = Field(
+        None,
+        description="Render every patient on this scanner grid (e.g. 96 x 512 x 512 at 1.25 x 0.4 x 0.4 mm) "
+        "instead of the phantom's own: the anatomy is rendered noise-free at no finer than 1 mm, interpolated, "
+        "and the noise is added on the native grid (ctp_steps/phantom/native.py). For realistic study sizes.",
+    )
     outcome: OutcomeParams = Field(default_factory=OutcomeParams)
 
     @field_validator("centers")

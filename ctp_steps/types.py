@@ -16,6 +16,14 @@ import numpy as np
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 
+def block_factors(spacing_zyx_mm, coarsest_mm: float | None) -> tuple[int, int, int]:
+    """Voxels per block along (z, y, x): the largest whole number whose block stays within `coarsest_mm`
+    (1 where a voxel is already that coarse, or when `coarsest_mm` is None)."""
+    if coarsest_mm is None:
+        return (1, 1, 1)
+    return tuple(max(1, int(np.floor(coarsest_mm / s + 1e-6))) for s in spacing_zyx_mm)
+
+
 @dataclass(frozen=True)
 class Geometry:
     """World placement of a (z, y, x) voxel grid, as ITK defines it."""
@@ -44,6 +52,16 @@ class Geometry:
         """World LPS mm (..., 3) → continuous indices (..., 3) in (x, y, z) order."""
         rel = np.asarray(xyz_mm, dtype=float) - np.asarray(self.origin)
         return (rel @ self.direction_matrix) / np.asarray(self.spacing)
+
+    def blocks(self, block_zyx: tuple[int, int, int]) -> "Geometry":
+        """The grid of whole blocks of (z, y, x) voxels: spacing times the block, first voxel at the centre
+        of the first block (what averaging or sampling at block centres produces)."""
+        factors = np.asarray(block_zyx[::-1], dtype=float)  # x, y, z
+        spacing = np.asarray(self.spacing)
+        shift = self.direction_matrix @ ((factors - 1) / 2 * spacing)
+        return Geometry(
+            tuple((np.asarray(self.origin) + shift).tolist()), tuple((spacing * factors).tolist()), self.direction
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,6 +110,16 @@ class StageStatus:
     status: StatusValue
     reason: str | None = None
     record: dict = field(default_factory=dict)
+
+    def blocks(self, block_zyx: tuple[int, int, int]) -> "Geometry":
+        """The grid of whole blocks of (z, y, x) voxels: spacing times the block, first voxel at the centre
+        of the first block (what averaging or sampling at block centres produces)."""
+        factors = np.asarray(block_zyx[::-1], dtype=float)  # x, y, z
+        spacing = np.asarray(self.spacing)
+        shift = self.direction_matrix @ ((factors - 1) / 2 * spacing)
+        return Geometry(
+            tuple((np.asarray(self.origin) + shift).tolist()), tuple((spacing * factors).tolist()), self.direction
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -11,7 +11,13 @@ def _synthesize(args: argparse.Namespace) -> None:
     from ctp_steps.phantom import PatientSpec, PhantomParams, generate_patient, write_dicom, write_truth
 
     spec = PatientSpec(**json.loads(args.spec_json))
-    patient = generate_patient(spec, PhantomParams.model_validate_json(args.params_json))
+    params = PhantomParams.model_validate_json(args.params_json)
+    if args.native_json:
+        from ctp_steps.phantom.native import NativeGrid, as_patient, native_study
+
+        patient = as_patient(native_study(spec, params, NativeGrid.model_validate_json(args.native_json)))
+    else:
+        patient = generate_patient(spec, params)
     write_dicom(patient, Path(args.dicom_dir), spec.vendor_style)
     write_truth(patient, Path(args.truth_dir))
 
@@ -30,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--params-json", required=True)
     p.add_argument("--dicom-dir", required=True)
     p.add_argument("--truth-dir", required=True)
+    p.add_argument("--native-json", default="", help="render on this native grid (NativeGrid JSON)")
     p.set_defaults(func=_synthesize)
 
     p = sub.add_parser("synthetic-manifest", help="covariates + outcomes → cohort manifest")

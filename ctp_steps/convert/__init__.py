@@ -44,7 +44,7 @@ from ctp_steps.convert.series import POSITION_TOL_MM, along_normal, position_lab
 from ctp_steps.convert.timing import TIME_TAGS, frame_times
 from ctp_steps.io import write_json, write_series
 from ctp_steps.orientation import stored_orientation, to_canonical
-from ctp_steps.types import Geometry, PatientInputError
+from ctp_steps.types import Geometry, PatientInputError, block_factors
 
 _SERIES_TAG = "SeriesInstanceUID"
 _TPI_TAGS = ("TemporalPositionIdentifier", "TemporalPositionIndex")
@@ -68,16 +68,22 @@ class ConvertedSeries:
     meta: dict
 
 
-def convert_dicom_series(dicom_dir: Path, min_frames: int = 8) -> ConvertedSeries:
-    """Read one patient's dynamic CT folder into HU frames, checking everything that can go wrong."""
+def convert_dicom_series(
+    dicom_dir: Path, min_frames: int = 8, working_spacing_mm: float | None = None
+) -> ConvertedSeries:
+    """Read one patient's dynamic CT folder into HU frames, checking everything that can go wrong.
+
+    `working_spacing_mm`: axes whose native spacing is finer are averaged in whole blocks of voxels
+    (`block_factors`); None keeps the native grid.
+    """
     dicom_dir = Path(dicom_dir)
     try:
-        return _convert(dicom_dir, min_frames)
+        return _convert(dicom_dir, min_frames, working_spacing_mm)
     except PatientInputError as exc:  # one line, whatever a decoder or a header put in it
         raise PatientInputError(one_line(exc, 1000)) from exc
 
 
-def _convert(dicom_dir: Path, min_frames: int) -> ConvertedSeries:
+def _convert(dicom_dir: Path, min_frames: int, working_spacing_mm: float | None = None) -> ConvertedSeries:
     if not dicom_dir.is_dir():
         raise PatientInputError(f"{PLACEHOLDER}: DICOM folder does not exist")
     scan = scan_headers(dicom_dir)
@@ -119,7 +125,11 @@ def _convert(dicom_dir: Path, min_frames: int) -> ConvertedSeries:
         spacing=(s0.pixel_spacing[1], s0.pixel_spacing[0], slice_spacing),
         direction=tuple(float(v) for v in np.column_stack([row, col, normal]).ravel()),
     )
-    hu, syntaxes = read_hu(slices, frames, dicom_dir)
+    native_shape = (len(first), s0.rows, s0.cols)
+    native_spacing = geometry.spacing[::-1]
+    block = block_factors(native_spacing, working_spacing_mm)
+    hu, syntaxes = read_hu(slices, frames, dicom_dir, block)
+    geometry = geometry.blocks(block)
     stored = stored_orientation(geometry)
     hu, geometry, _ = to_canonical(hu, geometry)  # nets and geometric steps see one voxel order
     used = [slices[i] for f in frames for i in f]
@@ -154,8 +164,14 @@ def _convert(dicom_dir: Path, min_frames: int) -> ConvertedSeries:
         "transfer_syntax": syntaxes,
         "sop_class": sorted(scan.sop_classes),
         "stored_orientation": stored,
+        "native_grid": _grid_text(native_shape, native_spacing),
+        "working_block": list(block),
     }
     return ConvertedSeries(hu=hu, geometry=geometry, frame_times_s=times_s, meta=meta)
+
+
+def _grid_text(shape_zyx, spacing_zyx) -> str:
+    return "x".join(str(int(n)) for n in shape_zyx) + " @ " + "x".join(f"{v:.3g}" for v in spacing_zyx) + " mm"
 
 
 def conversion_facts(series: ConvertedSeries) -> dict:
@@ -171,6 +187,8 @@ def conversion_facts(series: ConvertedSeries) -> dict:
         "transfer_syntax": ", ".join(m["transfer_syntax"]),
         "files_without_part10": int(m["files_without_part10"]),
         "stored_orientation": m["stored_orientation"],
+        "native_grid": m["native_grid"],
+        "working_block": "x".join(str(b) for b in m["working_block"]),
     }
 
 
@@ -206,6 +224,8 @@ def write_converted(series: ConvertedSeries, series_path: Path, frames_json_path
             "position_tolerance_mm": m["position_tolerance_mm"],
             "transfer_syntax": m["transfer_syntax"],
             "sop_class": m["sop_class"],
+            "native_grid": m["native_grid"],
+            "working_block_zyx": m["working_block"],
         },
     )
 

@@ -31,6 +31,25 @@ Range = Annotated[tuple[float, float], AfterValidator(_ordered)]
 IntRange = Annotated[tuple[int, int], AfterValidator(_ordered)]
 
 
+class NativeGrid(BaseModel):
+    """A scanner's reconstructed grid to render on (ctp_steps/phantom/native.py): matrix and voxel size."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    shape_zyx: tuple[int, int, int] = Field(description="Slices, rows, columns (e.g. 96, 512, 512).")
+    spacing_zyx_mm: tuple[float, float, float] = Field(description="Slice, row and column spacing in mm.")
+
+    @model_validator(mode="after")
+    def _positive(self) -> "NativeGrid":
+        if min(self.shape_zyx) < 4 or min(self.spacing_zyx_mm) <= 0:
+            raise ValueError(f"native grid {self.shape_zyx} at {self.spacing_zyx_mm} mm: need >= 4 voxels and spacing > 0")
+        return self
+
+    @property
+    def extent_zyx_mm(self) -> np.ndarray:
+        return np.asarray(self.shape_zyx) * np.asarray(self.spacing_zyx_mm)
+
+
 class PhantomParams(BaseModel):
     """Generator settings shared by a cohort; ranges are (min, max), drawn uniformly per patient."""
 

@@ -55,8 +55,12 @@ class PhantomPatient:
     truth: dict
 
 
-def generate_patient(spec: PatientSpec, params: PhantomParams) -> PhantomPatient:
-    """Deterministic in (spec, params): the same arrays bit for bit on every call."""
+def generate_patient(spec: PatientSpec, params: PhantomParams, with_noise: bool = True) -> PhantomPatient:
+    """Deterministic in (spec, params): the same arrays bit for bit on every call.
+
+    `with_noise=False` keeps the noise-free frames (the drawn noise SD is still
+    recorded): the native-grid renderer adds its noise on its own grid.
+    """
     anat = draw_anatomy(patient_rng(spec.seed, "anatomy"), params)
     perf = draw_perfusion(patient_rng(spec.seed, "perfusion"), params)
     acq = draw_acquisition(patient_rng(spec.seed, "timing"), patient_rng(spec.seed, "acquisition"), params)
@@ -82,10 +86,12 @@ def generate_patient(spec: PatientSpec, params: PhantomParams) -> PhantomPatient
     clean, frame_labels = render_frames(
         scene, grid, anat.static_hu(), class_enh, tissue[:, :-1], motion, params.psf_sigma_mm
     )
-    noisy = add_noise(
-        clean, acq.noise_sd_hu, patient_rng(spec.seed, "noise"), params.noise_correlation_sigma_vox
-    )
-    frames = np.clip(noisy, *CT_RANGE_HU)
+    noisy = None
+    if with_noise:
+        noisy = add_noise(
+            clean, acq.noise_sd_hu, patient_rng(spec.seed, "noise"), params.noise_correlation_sigma_vox
+        )
+    frames = np.clip(noisy if with_noise else clean, *CT_RANGE_HU)
 
     voxel_ml = float(np.prod(grid.geometry.spacing)) / 1000.0
     truth = {

@@ -111,6 +111,13 @@ class RegistrationConfig(Strict):
     taper_mm: float = Field(
         10.0, ge=0, description="Outside the LV box the field falls back to the frame's LV translation over this distance."
     )
+    field_spacing_mm: float = Field(
+        2.5,
+        gt=0,
+        description="The displacement-fields file is written at the image's block centres where its voxels are finer "
+        "than this (mm): a field varies over centimetres, and at 0.8 mm voxels a full-resolution 4D vector file is GBs. "
+        "Frames are still warped with the full-resolution field.",
+    )
     max_lv_shift_mm: float = Field(
         30.0, gt=0, description="A frame whose LV centroid lies farther than this from the reference's cannot be registered."
     )

@@ -27,7 +27,7 @@ from ctp_steps.registration.fields import write_fields
 from ctp_steps.registration.reference import choose_reference
 from ctp_steps.registration.warp import crop_geometry, sample_world, world_points
 from ctp_steps.stages import Context, PatientInputs, PatientOutputs
-from ctp_steps.types import Geometry, PatientInputError
+from ctp_steps.types import Geometry, PatientInputError, block_factors
 
 log = logging.getLogger(__name__)
 
@@ -124,24 +124,30 @@ def register_arrays(
     method_seconds = time.perf_counter() - t0
 
     shape = frames.shape[1:]
-    fields = np.zeros((*frames.shape, 3), dtype=np.float32)
-    points = world_points(geometry, shape, device)
-    for k, bf in enumerate(box_fields):
-        if bf is not None:
-            fields[k] = paste_field(bf, geometry, shape, cfg.taper_mm, device, points)
-    registered, warped_masks = warp_frames(frames, masks, fields, geometry, device, points)
-    warp_seconds = time.perf_counter() - t0 - method_seconds
-
-    t1 = time.perf_counter()
     region = box_region(geometry, shape, box, size)
+    field_geometry, field_shape = field_grid(geometry, shape, cfg.field_spacing_mm)
+    points = world_points(geometry, shape, device)
+    field_points = points if field_shape == shape else world_points(field_geometry, field_shape, device)
+    registered, warped_masks = frames.copy(), masks.copy()
+    fields = np.zeros((len(frames), *field_shape, 3), dtype=np.float32)
     lv_ref = lv[reference]
-    per_frame = [
-        {"frame": k, "lv_shift_mm": float(shift[k]),
-         **qc.frame_qc(fields[k], geometry, region, lv_ref, lv[k], warped_masks[k] == LV_BLOOD)}
-        for k in range(len(frames))
-    ]
+    per_frame, qc_seconds = [], 0.0
+    for k, bf in enumerate(box_fields):  # one frame at a time: a full-grid field exists for one frame only
+        field = np.zeros((*shape, 3), dtype=np.float32)
+        if bf is not None:
+            field = paste_field(bf, geometry, shape, cfg.taper_mm, device, points)
+            fields[k] = field if field_shape == shape else paste_field(
+                bf, field_geometry, field_shape, cfg.taper_mm, device, field_points
+            )
+        if np.any(field):
+            registered[k], warped_masks[k] = warp_frame(frames[k], masks[k], field, geometry, device, points)
+        t1 = time.perf_counter()
+        per_frame.append({"frame": k, "lv_shift_mm": float(shift[k]),
+                          **qc.frame_qc(field, geometry, region, lv_ref, lv[k], warped_masks[k] == LV_BLOOD)})
+        qc_seconds += time.perf_counter() - t1
+    warp_seconds = time.perf_counter() - t0 - method_seconds - qc_seconds
+
     summary = qc.summarise(per_frame, reference)
-    qc_seconds = time.perf_counter() - t1
     report = {
         "method": method,
         "reference_frame": reference,
@@ -156,23 +162,27 @@ def register_arrays(
         "device": str(device),
         "weights_sha256": _sha(weights) if method == "learned" and weights else None,
     }
-    return {"registered": registered, "masks": warped_masks, "fields": fields, "report": report}
+    return {"registered": registered, "masks": warped_masks, "fields": fields, "field_geometry": field_geometry,
+            "report": report}
 
 
-def warp_frames(
-    frames: np.ndarray, masks: np.ndarray, fields: np.ndarray, geometry: Geometry, device: torch.device,
-    points: torch.Tensor, chunk: int = 4,
+def field_grid(geometry: Geometry, shape_zyx, field_spacing_mm: float) -> tuple[Geometry, tuple[int, int, int]]:
+    """The grid the fields file is written on: the image grid, or its block centres where voxels are finer
+    than `field_spacing_mm` (a displacement field varies over centimetres, not voxels)."""
+    block = block_factors(geometry.spacing[::-1], field_spacing_mm)
+    return geometry.blocks(block), tuple(n // b for n, b in zip(shape_zyx, block))
+
+
+def warp_frame(
+    frame: np.ndarray, mask: np.ndarray, field: np.ndarray, geometry: Geometry, device: torch.device,
+    points: torch.Tensor,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Frames (linear) and label masks (linear per label, arg-max) pulled back through their fields, a few frames at a time."""
-    registered, warped = frames.copy(), masks.copy()
-    moving = [k for k in range(len(frames)) if np.any(fields[k])]
-    for start in range(0, len(moving), chunk):
-        ks = moving[start : start + chunk]
-        at = points[None] + torch.as_tensor(fields[ks], device=device)
-        img = torch.as_tensor(frames[ks], device=device)[:, None]
-        registered[ks] = sample_world(img, geometry, at)[:, 0].cpu().numpy()
-        onehot = F.one_hot(torch.as_tensor(masks[ks], device=device).long(), N_MASK_LABELS).permute(0, 4, 1, 2, 3).float()
-        warped[ks] = sample_world(onehot, geometry, at).argmax(dim=1).cpu().numpy().astype(masks.dtype)
+    """One frame (linear) and its label mask (linear per label, arg-max) pulled back through its field."""
+    at = points[None] + torch.as_tensor(field, device=device)[None]
+    img = torch.as_tensor(frame, device=device)[None, None]
+    registered = sample_world(img, geometry, at)[0, 0].cpu().numpy()
+    onehot = F.one_hot(torch.as_tensor(mask, device=device).long(), N_MASK_LABELS).permute(3, 0, 1, 2)[None].float()
+    warped = sample_world(onehot, geometry, at).argmax(dim=1)[0].cpu().numpy().astype(mask.dtype)
     return registered, warped
 
 
@@ -281,8 +291,8 @@ def run(inputs: Inputs, outputs: Outputs, cfg: RegistrationConfig, ctx: Context)
     report = {**result["report"], "failed_attempts": failed_attempts}
     log.info("reference frame %d, summary %s, %.1f s", report["reference_frame"], report["summary"], report["seconds"]["method"])
     write_series(outputs.registered, result["registered"].astype(np.float32), geometry)
-    write_volume(outputs.average, result["registered"].mean(axis=0).astype(np.float32), geometry)
-    write_fields(outputs.fields, result["fields"], geometry)
+    write_volume(outputs.average, result["registered"].mean(axis=0, dtype=np.float32), geometry)
+    write_fields(outputs.fields, result["fields"], result["field_geometry"])
     write_series(outputs.masks, result["masks"].astype(np.uint8), geometry)
     write_json(outputs.qc, report)
     return stage_record(report)
