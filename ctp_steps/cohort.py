@@ -48,6 +48,10 @@ PATIENT_COLUMNS: list[pa.Field] = [
     pa.field("transfer_syntax", pa.string()),
     pa.field("files_without_part10", pa.int32()),
     pa.field("stored_orientation", pa.string()),  # world direction of the stored x,y,z axes; canonical is L,P,S
+    # the DICOM grid ("96x512x512 @ 1.25x0.4x0.4 mm") and the native voxels averaged per working voxel (z x y x x);
+    # shape_* and spacing_* above are the working grid every later stage reads
+    pa.field("native_grid", pa.string()),
+    pa.field("working_block", pa.string()),
     pa.field("segment_frames_source", pa.string()),
     pa.field("register_source", pa.string()),  # the method whose result was kept (learned, simpleitk, none)
     pa.field("register_attempts", pa.string()),  # failed attempts before it (e.g. the learned net's QC failure)
@@ -88,6 +92,12 @@ PATIENT_COLUMNS: list[pa.Field] = [
     pa.field("mbf_aif_fit_rms_hu", pa.float64()),
     pa.field("bolus_arrival_s", pa.float64()),
     pa.field("tissue_delay_s", pa.float64()),
+    pa.field("mbf_working_spacing_mm", pa.string()),  # "z,y,x" of the grid the curves were fitted on
+    # standard error and 95 % interval of global and territory MBF (ctp_steps/mbf/uncertainty.py), and the
+    # reliability rule's verdict (mbf.uncertainty.reliable_max_ci_half_width_pct)
+    *[pa.field(f"mbf_{region}_{stat}", pa.float64()) for region in ("global", "lad", "rca", "lcx")
+      for stat in ("se", "ci_low", "ci_high")],
+    pa.field("mbf_reliable", pa.bool_()),
     pa.field("n_baseline_frames", pa.int32()),
     pa.field("imv_mode", pa.string()),
     pa.field("imv_threshold", pa.float64()),
@@ -100,6 +110,8 @@ PATIENT_COLUMNS: list[pa.Field] = [
     pa.field("imv_pct_rca", pa.float64()),
     pa.field("imv_pct_lcx", pa.float64()),
     pa.field("imv_n_clusters", pa.int32()),
+    # IMV interval: MBF draws from its uncertainty pushed through the same threshold and cluster rule
+    *[pa.field(f"imv_{unit}_{stat}", pa.float64()) for unit in ("pct", "ml") for stat in ("se", "ci_low", "ci_high")],
     pa.field("followup_days", pa.float64()),
     pa.field("event", pa.int8()),
 ]
@@ -123,6 +135,10 @@ SEGMENT_COLUMNS: list[pa.Field] = [
     pa.field("mbf_sd", pa.float64()),
     pa.field("mbf_raw_mean", pa.float64()),
     pa.field("mbf_curve_fit", pa.float64()),
+    # standard error and 95 % interval of the segment's MBF (fit of its deep voxels' mean curve)
+    pa.field("mbf_se", pa.float64()),
+    pa.field("mbf_ci_low", pa.float64()),
+    pa.field("mbf_ci_high", pa.float64()),
     pa.field("ischemic_ml", pa.float64()),
     pa.field("ischemic_pct", pa.float64()),
     pa.field("software_version", pa.string(), nullable=False),
