@@ -94,6 +94,9 @@ def test_regression_calibration_removes_the_attenuation(corrected):
     assert rc["se"] > naive["se"]  # the correction widens the CI
     assert (rc["resamples"], rc["n"], rc["events"], rc["note"]) == (5, 3000, naive["events"], "")
     assert rc["ci_method"].startswith("bootstrap SE over 5 patient resamples (seed 0)")
+    t4 = 2.7764451051977987  # Student t, 97.5 % quantile, 4 df: the SE comes from 5 draws
+    assert rc["hr_upper"] == pytest.approx(math.exp(rc["coef"] + t4 * rc["se"]), rel=1e-12)
+    assert rc["hr_lower"] == pytest.approx(math.exp(rc["coef"] - t4 * rc["se"]), rel=1e-12)
     # the adjusted covariates are recalibrated too: diabetes loses the confounding by the mismeasured marker
     assert corrected.loc[("regression_calibration", "diabetes"), "coef"] < corrected.loc[("naive", "diabetes"), "coef"]
 
@@ -221,3 +224,10 @@ def test_stratified_model_calibrates_within_centers(small, tmp_path):
 def test_config_rejects(bad):
     with pytest.raises(ValidationError):
         RiskConfig(**bad)
+
+
+def test_term_dropped_in_the_naive_model_is_explained(small, tmp_path):
+    _, _, me, _ = run(small.assign(diabetes=0.0), tmp_path, FAST)
+    rc = me[(me["estimator"] == "regression_calibration") & (me["model"] == "multivariable")].set_index("term")
+    assert rc.loc["diabetes", "note"] == "not corrected: not estimated in the naive model"
+    assert math.isnan(rc.loc["diabetes", "hr"]) and math.isfinite(rc.loc["imv_pct_per_10", "hr"])

@@ -161,8 +161,10 @@ def correct_model(
     penalizer = float(fit.rows.loc[fit.rows["term"] == cfg.marker_term, "penalizer"].iloc[0])
     model = _Model(data, kept, list(fit.strata), cfg, penalizer)
     estimate = regression_calibration(model, cfg) if method == RC else simex(model, cfg)
+    dropped = ["not corrected: not estimated in the naive model"]
     return [
-        _row(fit.name, t, method, n, events, NOTE_SEP.join([*notes, *estimate.notes]), **estimate.term(t))
+        _row(fit.name, t, method, n, events, NOTE_SEP.join([*notes, *estimate.notes, *(dropped * (t not in kept))]),
+             **estimate.term(t))
         for t in terms
     ]
 
@@ -257,8 +259,9 @@ def regression_calibration(model: _Model, cfg: RiskConfig) -> _Estimate:
 
     The model-based SE of the refit would ignore that σ²_X|Z and the calibration line are
     estimated; resampling patients and redoing both captures it (Carroll et al. 2006, §4.6
-    recommend the bootstrap). The CI is coef ± z·SE_boot rather than percentile: stable
-    with a few hundred resamples, where percentile tails are not.
+    recommend the bootstrap). The CI is coef ± t·SE_boot (t with B − 1 df for the Monte-Carlo
+    noise of SE_boot) rather than percentile: stable with a few hundred resamples, or even
+    a few dozen, where percentile tails are not.
     """
     w, error_var = model.w, model.error_var
     calibration = calibrate(w, error_var, model.covariates(model.data))
@@ -292,10 +295,14 @@ def regression_calibration(model: _Model, cfg: RiskConfig) -> _Estimate:
         notes.append(f"{failed} of {cfg.me_bootstrap} bootstrap resamples failed (calibration or refit)")
     if len(draws) >= 2:
         se = np.std(np.asarray(draws), axis=0, ddof=1)
+        base["z_crit"] = _t_crit(cfg, len(draws) - 1)
     else:
         se = empty
         notes.append("no CI: " + ("bootstrap disabled" if cfg.me_bootstrap == 0 else "fewer than 2 resamples fit"))
-    ci = f"bootstrap SE over {len(draws)} patient resamples (seed {cfg.seed}), each recalibrated and refit"
+    ci = (
+        f"bootstrap SE over {len(draws)} patient resamples (seed {cfg.seed}), each recalibrated and refit; "
+        f"coef ± t({max(len(draws) - 1, 0)} df)·SE"
+    )
     return _Estimate(**base, coef=coef, se=se, reliability=reliability, ci_method=ci, resamples=len(draws),
                      notes=tuple(notes))
 
@@ -360,6 +367,14 @@ def _z_crit(cfg: RiskConfig) -> float:
     from scipy.stats import norm
 
     return float(norm.ppf(1 - cfg.alpha / 2))
+
+
+def _t_crit(cfg: RiskConfig, df: int) -> float:
+    """Student-t quantile for a Wald CI whose SE comes from df + 1 bootstrap draws: with few draws the SE
+    itself is noisy (chi-square with df degrees of freedom), and z would undercover; with 200 draws t ≈ z."""
+    from scipy.stats import t
+
+    return float(t.ppf(1 - cfg.alpha / 2, df))
 
 
 def _marker_label(cfg: RiskConfig) -> str:
