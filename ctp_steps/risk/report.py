@@ -242,9 +242,18 @@ def measurement_error_section(me: pd.DataFrame, cfg: RiskConfig) -> list[str]:
         "terms (and centers when stratified), with each patient's own reliability λ = σ²_X / (σ²_X + se²) "
         "(Carroll et al., Measurement Error in Nonlinear Models, 2006, ch. 4); its CI uses the bootstrap SE over "
         f"{cfg.me_bootstrap} patient resamples (seed {cfg.seed}) that redo the calibration, so it includes the "
-        "uncertainty of the calibration. For Cox models this is an approximation (Prentice 1982), good for "
-        "moderate effects and rare events. The groups model is not corrected. All terms of each model are in "
-        "measurement_error.parquet; the marker's rows are below.",
+        "uncertainty of the calibration (coef ± t·SE, t with resamples − 1 df). For Cox models this is an "
+        "approximation (Prentice 1982), good for moderate effects and rare events."
+        + (
+            " SIMEX adds simulated error of ζ times each patient's variance (ζ = "
+            f"{', '.join(f'{z:g}' for z in cfg.simex_lambdas)}; {cfg.simex_simulations} simulations each) and "
+            "extrapolates the coefficient quadratically to ζ = −1 (Cook & Stefanski 1994); it tends to "
+            "under-correct."
+            if "simex" in cfg.measurement_error
+            else ""
+        )
+        + " The groups model is not corrected. All terms of each model are in measurement_error.parquet; "
+        "the marker's rows are below.",
         "",
         f"| model | estimator | HR | {level} CI | p | n | events | mean λ | note |",
         "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |",
