@@ -8,7 +8,9 @@ imports inside the handlers so `--help` and planning stay fast.
 
 Every per-patient stage follows one contract (`run_patient_stage`): a known
 input problem (PatientInputError) writes the stage's status record with the
-reason (`excluded`) and empty placeholder outputs, and exits 0 so the rest of
+reason (`excluded`) and empty placeholder outputs, except the QC figure, which
+the error's `diagnostic` draws (what the stage saw, titled with the reason)
+when the stage gave one, and exits 0 so the rest of
 the cohort goes on; any other exception ends that patient as `failed`, with the
 exception and the log's path in the reason, and the cohort goes on too. The
 run stays loud about failures: the summary lists them first and the run exits
@@ -56,6 +58,7 @@ def run_patient_stage(
         reason = _patient_reason(f"{stage}: {exc}", status_path)
         log.warning("patient excluded: %s", reason)
         _give_up(status_path, outputs, StageStatus(stage, "excluded", reason))
+        _draw_diagnostic(exc, outputs, reason)
         return
     except Exception as exc:  # noqa: BLE001 - contained on purpose: one patient must not stop the cohort
         reason = _patient_reason(
@@ -75,6 +78,27 @@ def _give_up(status_path: Path, outputs: list[Path], status) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(b"")
     write_status(status_path, status)
+
+
+def qc_figure_of(outputs: list[Path]) -> Path | None:
+    """The stage's QC figure: its PNG output (every stage has at most one), or None."""
+    return next((out for out in outputs if out.suffix.lower() == ".png"), None)
+
+
+def _draw_diagnostic(exc: BaseException, outputs: list[Path], reason: str) -> None:
+    """Replace the QC figure's placeholder by the excluding stage's own figure, titled with the stored reason.
+
+    A user sees why from the figure; drawing it must never turn an exclusion into a failure, so a
+    broken diagnostic is logged and the empty placeholder stays.
+    """
+    diagnostic, figure = getattr(exc, "diagnostic", None), qc_figure_of(outputs)
+    if diagnostic is None or figure is None:
+        return
+    try:
+        diagnostic(figure, reason)
+    except Exception as err:  # noqa: BLE001 - the exclusion and its reason stand without the figure
+        log.warning("no QC figure of the exclusion: %s: %s", type(err).__name__, err)
+        figure.write_bytes(b"")
 
 
 def results_root(status_path: Path) -> Path:

@@ -33,6 +33,7 @@ ARTIFACTS: dict[str, Artifact] = {
     "displacement": Artifact("displacement_mm.nii.gz", "register"),
     "registered_masks": Artifact("registered_masks.nii.gz", "register"),
     "registration_qc": Artifact("registration_qc.json", "register"),
+    "registration_figure": Artifact("registration.png", "register"),
     "myocardium": Artifact("myocardium.nii.gz", "segment_myocardium"),
     "landmarks": Artifact("landmarks.json", "landmarks"),
     "aha17": Artifact("aha17.nii.gz", "landmarks"),

@@ -7,7 +7,9 @@ LPS millimetres. Geometry tuples are in ITK order (x, y, z).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -82,7 +84,19 @@ class PatientInputError(Exception):
 
     The message is the reason that reaches patients.parquet, so it names the
     file and the problem. Bugs must raise anything else and fail loudly.
+
+    `diagnostic`, when given, draws the stage's QC figure of what it saw before
+    giving up: called as `diagnostic(out_png, reason)` with the stored (scrubbed)
+    reason, so an excluded patient's figure shows why instead of an empty file.
     """
+
+    def __init__(self, *args: object, diagnostic: "Diagnostic | None" = None) -> None:
+        super().__init__(*args)
+        self.diagnostic = diagnostic
+
+
+# Draws a stage's QC figure at `out_png`, titled with `reason` (one line, already scrubbed).
+Diagnostic = Callable[[Path, str], None]
 
 
 class UpstreamExcluded(PatientInputError):

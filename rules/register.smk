@@ -26,6 +26,7 @@ rule register:
         fields=patient_file("displacement"),
         masks=patient_file("registered_masks"),
         qc=patient_file("registration_qc"),
+        png=qc_figure(patient_file("registration_figure"), "register"),
         status=status_file("register"),
     params:
         files=stage_files,

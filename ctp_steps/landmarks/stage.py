@@ -5,7 +5,9 @@ Contract (ctp_steps/stages.py): `Inputs`, `Outputs` (the keys of rules/landmarks
 Known per-patient problems raise PatientInputError (the patient is excluded
 with the reason): an empty myocardium mask, a landmark whose confidence is
 below `min_confidence` (the reason names the landmark), an implausibly short
-long axis, or an RV insertion on the long axis. The AHA map is built by
+long axis, or an RV insertion on the long axis; the excluded patient's QC PNG
+shows why (the heatmaps, the candidates and their confidences, the geometric
+fallback's attempt; or the average with its mask). The AHA map is built by
 `ctp_steps.aha` (the same construction as the phantom's truth).
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +80,7 @@ def choose_landmarks(det, image: np.ndarray, mask: np.ndarray, geometry, cfg: La
     if problem is None:
         return ChosenLandmarks(tuple(det.names), det.world_mm, det.confidence, "heatmap", [])
     attempts = [f"heatmap: {problem}"]
+    tried = None
     if cfg.fallback == "geometric":
         from ctp_steps.landmarks.geometric import geometric_landmarks
 
@@ -86,7 +90,34 @@ def choose_landmarks(det, image: np.ndarray, mask: np.ndarray, geometry, cfg: La
         if problem is None:
             return ChosenLandmarks(tuple(geo.names), geo.world_mm, geo.quality, "geometric", attempts)
         attempts.append(f"geometric: {problem}" + (f" ({geo.failure})" if geo.failure else ""))
-    raise PatientInputError("; ".join(attempts) if len(attempts) > 1 else problem)
+        tried = {**geo.as_json(), "failure": geo.failure}
+    raise PatientInputError(
+        "; ".join(attempts) if len(attempts) > 1 else problem,
+        diagnostic=partial(_landmark_failure_figure, geometric=tried),  # the caller adds what it saw
+    )
+
+
+def _landmark_failure_figure(out_png: Path, reason: str, **seen) -> None:
+    """The exclusion's QC figure (ctp_steps/landmarks/figure.py) from what the stage saw, bound by keyword."""
+    from ctp_steps.landmarks.figure import plot_landmark_failure
+
+    plot_landmark_failure(out_png, reason, **seen)
+
+
+def heatmap_probabilities(detector, image: np.ndarray, mask: np.ndarray, geometry, crop) -> np.ndarray:
+    """The net's per-landmark spatial distributions (K, D, H, W) on `crop`, as `decode` reads them.
+
+    Only for the failure figure: a flat or split map is the usual reason a landmark is unsure.
+    """
+    import torch
+
+    from ctp_steps.landmarks.crop import crop_channels
+
+    x = crop_channels(image, mask, geometry, crop, detector.size, bool(detector.meta["input_mask"]))
+    with torch.no_grad():
+        logits = detector.net(torch.from_numpy(x)[None].to(detector.device))[0].float()
+    k = logits.shape[0]
+    return torch.softmax(logits.reshape(k, -1), dim=-1).reshape(logits.shape).cpu().numpy()
 
 
 Config = LandmarkConfig
@@ -119,10 +150,12 @@ def run(inputs: Inputs, outputs: Outputs, cfg: LandmarkConfig, ctx: Context) -> 
     if mask.shape != image.shape or not mask_geometry.allclose(geometry):
         raise ValueError(f"{myocardium_path}: grid differs from {average_path}")
     mask = mask > 0
+    seen = {"image_zyx": image, "mask_zyx": mask, "geometry": geometry, "title": ctx.title}
     if np.count_nonzero(mask) < MIN_MYOCARDIUM_VOXELS:
         raise PatientInputError(
             f"{myocardium_path.name}: myocardium mask has {np.count_nonzero(mask)} voxels "
-            f"(< {MIN_MYOCARDIUM_VOXELS}), no LV to find landmarks in"
+            f"(< {MIN_MYOCARDIUM_VOXELS}), no LV to find landmarks in",
+            diagnostic=partial(_landmark_failure_figure, **seen),
         )
     detector = LandmarkDetector.from_checkpoint(weights, ctx.device)
     det = detector.detect(image.astype(np.float32), mask, geometry)
@@ -130,7 +163,10 @@ def run(inputs: Inputs, outputs: Outputs, cfg: LandmarkConfig, ctx: Context) -> 
     try:
         chosen = choose_landmarks(det, image, mask, geometry, cfg)
     except PatientInputError as exc:
-        raise PatientInputError(f"{average_path.name}: {exc}") from None
+        heatmaps = heatmap_probabilities(detector, image.astype(np.float32), mask, geometry, det.crop)
+        diagnostic = partial(exc.diagnostic or _landmark_failure_figure, **seen, detection=det.as_json(),
+                             heatmaps=heatmaps, crop=det.crop, min_confidence=cfg.min_confidence)
+        raise PatientInputError(f"{average_path.name}: {exc}", diagnostic=diagnostic) from None
     lm = dict(zip(chosen.names, chosen.world_mm))
     aha = aha_segment_map(mask, geometry, lm["apex"], lm["base"], lm["rv_insertion"], cfg.apex_cap_fraction)
     write_json(outputs.landmarks, chosen.as_json())

@@ -6,6 +6,7 @@ Contract (ctp_steps/stages.py): `Inputs`, `Outputs` (the keys of rules/register.
   fields      4D vector field per frame (world mm; reference point p ↦ p + u(p) in that frame)
   masks       4D uint8 frame masks (1 aorta, 2 LV blood pool) warped the same way
   qc          reference choice, LV box, per-frame QC, summary, timing (JSON)
+  png         the moving frames' LV before/after with their Dice (registration/figure.py), also when excluded
 """
 
 from __future__ import annotations
@@ -236,7 +237,15 @@ def register_with_fallback(
             return result, attempts
         log.warning("%s registration failed its QC: %s", m, failure)
         attempts.append(f"{m}: {failure}")
-    raise PatientInputError("; ".join(attempts) if len(attempts) > 1 else failure)
+    from functools import partial
+
+    from ctp_steps.registration.figure import plot_registration
+
+    # the last attempt's frames before/after with their LV Dice: the QC figure of the exclusion
+    diagnostic = partial(plot_registration, frames=frames, masks=masks, geometry=geometry, report=result["report"],
+                         registered=result["registered"], registered_masks=result["masks"],
+                         min_lv_dice_after=cfg.min_lv_dice_after)
+    raise PatientInputError("; ".join(attempts) if len(attempts) > 1 else failure, diagnostic=diagnostic)
 
 
 def stage_record(report: dict) -> dict:
@@ -273,6 +282,7 @@ class Outputs(PatientOutputs):
     fields: Path
     masks: Path
     qc: Path
+    png: Path | None = None  # QC figure (registration/figure.py), also of an excluded patient
 
 
 def run(inputs: Inputs, outputs: Outputs, cfg: RegistrationConfig, ctx: Context) -> dict:
@@ -283,11 +293,20 @@ def run(inputs: Inputs, outputs: Outputs, cfg: RegistrationConfig, ctx: Context)
         from ctp_steps.models import MANIFEST, verified_weights
 
         weights = verified_weights(cfg.model, ctx.models_manifest or MANIFEST)
+    from functools import partial
+
+    from ctp_steps.registration.figure import plot_registration
+
     device = ctx.device
     frames, masks, geometry = read_inputs(inputs.series, inputs.frame_masks)
-    result, failed_attempts = register_with_fallback(
-        frames, masks, geometry, method, cfg, device, weights, ctx.threads, masks_name=inputs.frame_masks.name
-    )
+    try:
+        result, failed_attempts = register_with_fallback(
+            frames, masks, geometry, method, cfg, device, weights, ctx.threads, masks_name=inputs.frame_masks.name
+        )
+    except PatientInputError as exc:  # excluded before or after registering: the figure shows the frames it saw
+        seen = exc.diagnostic or partial(plot_registration, frames=frames, masks=masks, geometry=geometry)
+        exc.diagnostic = partial(seen, title=ctx.title)
+        raise
     report = {**result["report"], "failed_attempts": failed_attempts}
     log.info("reference frame %d, summary %s, %.1f s", report["reference_frame"], report["summary"], report["seconds"]["method"])
     write_series(outputs.registered, result["registered"].astype(np.float32), geometry)
@@ -295,4 +314,8 @@ def run(inputs: Inputs, outputs: Outputs, cfg: RegistrationConfig, ctx: Context)
     write_fields(outputs.fields, result["fields"], result["field_geometry"])
     write_series(outputs.masks, result["masks"].astype(np.uint8), geometry)
     write_json(outputs.qc, report)
+    if outputs.png is not None:
+        plot_registration(outputs.png, None, frames=frames, masks=masks, geometry=geometry, report=report,
+                          registered=result["registered"], registered_masks=result["masks"],
+                          min_lv_dice_after=cfg.min_lv_dice_after, title=ctx.title)
     return stage_record(report)

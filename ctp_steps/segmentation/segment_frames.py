@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,9 @@ from ctp_steps.io import read_json, read_series, write_parquet, write_series
 from ctp_steps.segmentation.aif import aif_record, aorta_aif
 from ctp_steps.segmentation.config import SegmentationConfig
 from ctp_steps.segmentation.postprocess import check_volume, clean_series
-from ctp_steps.segmentation.stage import AORTA, LV_BLOOD, load_checked
+from ctp_steps.segmentation.stage import AORTA, LV_BLOOD, load_checked, outside, plot_mask_overlays
 from ctp_steps.stages import Context, PatientInputs, PatientOutputs
+from ctp_steps.types import PatientInputError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class Inputs(PatientInputs):
 class Outputs(PatientOutputs):
     frame_masks: Path  # 4D uint8
     aif: Path  # frame, time_s, hu, enhancement_hu
+    png: Path | None = None  # QC figure: the masks on a few frames (also of an excluded patient)
 
 
 def run(inputs: Inputs, outputs: Outputs, cfg: SegmentationConfig, ctx: Context) -> dict:
@@ -51,11 +54,20 @@ def run(inputs: Inputs, outputs: Outputs, cfg: SegmentationConfig, ctx: Context)
     ml = geometry.voxel_ml
     aorta_ml = (labels == AORTA).sum(axis=(1, 2, 3)) * ml
     lv_ml = (labels == LV_BLOOD).sum(axis=(1, 2, 3)) * ml
-    check_volume("aorta", aorta_ml, cfg.aorta_ml, str(inputs.series))
-    check_volume("LV blood pool", lv_ml, cfg.lv_ml, str(inputs.series))
-    aif = aorta_aif(series, labels, times, cfg.aif_erosion_voxels, cfg.aif_baseline_frames, str(inputs.series))
+    overlays = partial(plot_mask_overlays, images=series, labels=labels, geometry=geometry,
+                       classes={AORTA: "aorta", LV_BLOOD: "LV blood pool"},
+                       frames=outside(aorta_ml, cfg.aorta_ml) + outside(lv_ml, cfg.lv_ml), title=ctx.title)
+    try:
+        check_volume("aorta", aorta_ml, cfg.aorta_ml, str(inputs.series))
+        check_volume("LV blood pool", lv_ml, cfg.lv_ml, str(inputs.series))
+        aif = aorta_aif(series, labels, times, cfg.aif_erosion_voxels, cfg.aif_baseline_frames, str(inputs.series))
+    except PatientInputError as exc:  # the excluded patient's figure shows the masks that failed
+        exc.diagnostic = exc.diagnostic or overlays
+        raise
     write_series(outputs.frame_masks, labels.astype(np.uint8), geometry)
     write_parquet(outputs.aif, aif)
+    if outputs.png is not None:
+        overlays(outputs.png, None)
     return {
         "segment_frames_source": "vbnet",
         "segment_frames_model_sha256": sha,

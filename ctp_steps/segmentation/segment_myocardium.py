@@ -6,6 +6,7 @@ Contract (ctp_steps/stages.py): `Inputs`, `Outputs` (the keys of rules/segment_m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ import numpy as np
 from ctp_steps.io import read_volume, write_volume
 from ctp_steps.segmentation.config import SegmentationConfig
 from ctp_steps.segmentation.postprocess import check_volume, clean_labels, myocardium_hole_voxels
-from ctp_steps.segmentation.stage import MYO_CLASS, load_checked
+from ctp_steps.segmentation.stage import MYO_CLASS, load_checked, plot_mask_overlays
 from ctp_steps.stages import Context, PatientInputs, PatientOutputs
+from ctp_steps.types import PatientInputError
 
 Config = SegmentationConfig
 
@@ -28,6 +30,7 @@ class Inputs(PatientInputs):
 @dataclass(frozen=True, kw_only=True)
 class Outputs(PatientOutputs):
     myocardium: Path
+    png: Path | None = None  # QC figure: the mask on a few slices (also of an excluded patient)
 
 
 def run(inputs: Inputs, outputs: Outputs, cfg: SegmentationConfig, ctx: Context) -> dict:
@@ -39,8 +42,16 @@ def run(inputs: Inputs, outputs: Outputs, cfg: SegmentationConfig, ctx: Context)
     holes = myocardium_hole_voxels(geometry.spacing)
     myocardium = clean_labels(labels, (MYO_CLASS,), holes) == MYO_CLASS
     volume_ml = float(myocardium.sum() * geometry.voxel_ml)
-    check_volume("myocardium", np.array([volume_ml]), cfg.myocardium_ml, str(inputs.average))
+    overlays = partial(plot_mask_overlays, images=average[None], labels=myocardium[None].astype(np.uint8),
+                       geometry=geometry, classes={MYO_CLASS: "myocardium"}, title=ctx.title)
+    try:
+        check_volume("myocardium", np.array([volume_ml]), cfg.myocardium_ml, str(inputs.average))
+    except PatientInputError as exc:  # the excluded patient's figure shows the mask that failed
+        exc.diagnostic = exc.diagnostic or overlays
+        raise
     write_volume(outputs.myocardium, myocardium.astype(np.uint8), geometry)
+    if outputs.png is not None:
+        overlays(outputs.png, None)
     return {
         "segment_myocardium_source": "vbnet",
         "segment_myocardium_model_sha256": sha,
