@@ -94,7 +94,11 @@ def run_version(tree: Path, manifest: Path, work: Path, timeout_min: float) -> t
 
 
 def declared(tree: Path, stage: str, dicom_dir: str) -> int:
-    code = f"from ctp_steps.resources import declared_mem_mb; print(declared_mem_mb({stage!r}, {dicom_dir!r}))"
+    code = (  # with the version's default working grid where it has one
+        "import inspect; from ctp_steps.resources import declared_mem_mb as f; from ctp_steps.conversion import "
+        "ConversionConfig as C; kw = {'working_spacing_mm': C().working_spacing_mm} if 'working_spacing_mm' in "
+        f"inspect.signature(f).parameters else {{}}; print(f({stage!r}, {dicom_dir!r}, **kw))"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(tree)), cwd=tree,
                          capture_output=True, text=True, check=True)
     return int(out.stdout.strip())

@@ -76,12 +76,14 @@ def run_stage(stage: str, implementation: str | None = None) -> str:
 
 def study_mem_mb(stage: str):
     """`mem_mb` of a patient's job from the size of its study (ctp_steps/resources.py), read when scheduled."""
-    return lambda wc: declared_mem_mb(stage, DICOM_DIRS[(wc.center, wc.patient)])
+    return lambda wc: declared_mem_mb(stage, DICOM_DIRS[(wc.center, wc.patient)], CFG.conversion.working_spacing_mm)
 
 
 def study_runtime(stage: str, slower: int = 1):
     """`runtime` (minutes) of a patient's job from the size of its study; `slower` for a slower method."""
-    return lambda wc: declared_runtime_min(stage, DICOM_DIRS[(wc.center, wc.patient)], slower)
+    return lambda wc: declared_runtime_min(
+        stage, DICOM_DIRS[(wc.center, wc.patient)], slower, CFG.conversion.working_spacing_mm
+    )
 
 
 def qc_figure(path: str, stage: str):

@@ -608,3 +608,27 @@ def test_phantom_round_trip(tmp_path, phantom_patient, style):
     ds = pydicom.dcmread(next(p for p in tmp_path.rglob("*") if p.is_file() and "out" not in p.parts))
     for secret in (str(ds.PatientName), ds.PatientID, ds.PatientBirthDate, ds.StudyInstanceUID):
         assert secret and secret not in text
+
+
+@pytest.mark.parametrize(("iop", "shape"), [(AXIAL_HFS, (10, 6, 8, 7)), (AXIAL_FFS, (10, 6, 8, 8))], ids=["hfs", "ffs"])
+def test_working_grid_averages_whole_blocks(tmp_path, iop, shape):
+    """Sub-millimetre pixels become whole-block means at the working spacing, placed at the block centres;
+    the stored order does not change the answer (blocks are formed before the canonical reorder, so the
+    feet-first case uses sizes the blocks divide)."""
+    from ctp_steps.convert.pixels import block_mean
+
+    hu, times = truth(shape=shape)
+    write_dynamic(tmp_path, hu, times, "temporal_position", iop=iop)
+    native = convert_dicom_series(tmp_path)
+    working = convert_dicom_series(tmp_path, working_spacing_mm=1.5)  # 0.7 and 0.6 mm pixels: 2 x 2 blocks
+
+    assert working.meta["working_block"] == [1, 2, 2] and native.meta["working_block"] == [1, 1, 1]
+    assert working.meta["native_grid"] == f"{shape[1]}x{shape[2]}x{shape[3]} @ 2.5x0.7x0.6 mm"
+    assert working.hu.shape == (shape[0], shape[1], shape[2] // 2, shape[3] // 2)
+    expected = np.stack([block_mean(frame, (1, 2, 2)) for frame in native.hu[:, :, :, : 2 * (shape[3] // 2)]])
+    np.testing.assert_allclose(working.hu, expected, atol=1e-3)
+    assert working.geometry.spacing == pytest.approx((1.2, 1.4, 2.5))
+    # the first working voxel sits at the mean world position of the native voxels it averages
+    corners = [native.geometry.index_to_world(np.array([i, j, 0.0])) for i in (0, 1) for j in (0, 1)]
+    np.testing.assert_allclose(working.geometry.index_to_world(np.zeros(3)), np.mean(corners, axis=0), atol=1e-6)
+    assert convert_dicom_series(tmp_path, working_spacing_mm=0.5).hu.shape == native.hu.shape  # already coarser

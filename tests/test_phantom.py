@@ -400,3 +400,41 @@ def test_write_truth(cohort, tmp_path):
     assert np.array_equal(
         u, displacement_field_mm(p.truth["motion"]["frames"][3], p.geometry, p.labels.shape)
     )
+
+
+def test_native_grid_rendering_keeps_anatomy_noise_and_determinism():
+    """A patient on a sub-millimetre native grid: the same field of view and myocardium as its anatomy grid,
+    the drawn noise SD on the native voxels, and the same frames on every call."""
+    from ctp_steps.phantom.native import native_frames, native_study, native_truth
+    from ctp_steps.phantom.params import NativeGrid
+
+    (spec,) = make_specs(1, [("CTR-N", "temporal_position")], seed=11, role="test")
+    grid = NativeGrid(shape_zyx=(10, 256, 256), spacing_zyx_mm=(6.0, 0.8, 0.8))
+    params = PhantomParams(n_frames=(8, 8))
+    study = native_study(spec, params, grid)
+    clean = study.clean
+    assert clean.geometry.spacing == pytest.approx((1.0, 1.0, 6.0), rel=0.01)  # anatomy at >= 1 mm
+    # same outer box of the field of view
+    lo_native = np.asarray(study.geometry.origin) - np.asarray(study.geometry.spacing) / 2
+    lo_anatomy = np.asarray(clean.geometry.origin) - np.asarray(clean.geometry.spacing) / 2
+    np.testing.assert_allclose(lo_native, lo_anatomy, atol=1e-6)
+
+    truth = native_truth(study)
+    voxel_ml = float(np.prod(grid.spacing_zyx_mm)) / 1000
+    native_myo_ml = (truth["labels"] == 3).sum() * voxel_ml
+    assert native_myo_ml == pytest.approx((clean.labels == 3).sum() * clean.geometry.voxel_ml, rel=0.03)
+
+    frames = list(native_frames(study))
+    assert len(frames) == 8 and frames[0].shape == grid.shape_zyx and frames[0].dtype == np.float32
+    again = next(native_frames(study))
+    np.testing.assert_array_equal(frames[0], again)
+    # noise: native frame minus the interpolated clean frame, away from the clipped air
+    from ctp_steps.phantom.native import interpolate_linear
+
+    smooth = interpolate_linear(clean.frames_hu[0], clean.geometry.spacing[::-1], grid.shape_zyx, grid.spacing_zyx_mm)
+    body = smooth > -500
+    assert np.std((frames[0] - smooth)[body]) == pytest.approx(clean.noise_sd_hu, rel=0.05)
+    # the LV blood pool enhances on the native grid as on the anatomy grid
+    peak = int(np.argmax([f[truth["labels"] == 2].mean() for f in frames]))
+    lv_native = frames[peak][truth["labels"] == 2].mean()
+    assert lv_native == pytest.approx(clean.frames_hu[peak][clean.labels == 2].mean(), abs=15.0)

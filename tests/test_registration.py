@@ -483,3 +483,29 @@ def test_downstream_validation_takes_the_truth_into_the_reference_frame(tiny_pat
     myo_moved = labels_moved == 3
     assert np.isin(mbf_moved[myo_moved], p.mbf[p.labels == 3]).all()
     assert mbf_moved[myo_moved].min() == p.mbf[p.labels == 3].min()
+
+
+def test_fields_file_grid_is_coarse_where_voxels_are_fine(tiny_patient):
+    """At voxels finer than field_spacing_mm the fields file holds the field at block centres (a field varies
+    over centimetres); frames are still warped at full resolution."""
+    from ctp_steps.registration.config import SimpleITKConfig
+    from ctp_steps.registration.stage import field_grid, register_arrays
+    from ctp_steps.types import Geometry
+
+    g = tiny_patient.geometry
+    assert field_grid(g, tiny_patient.frames_hu.shape[1:], 2.5) == (g, tiny_patient.frames_hu.shape[1:])
+    fine = Geometry(g.origin, (0.8, 0.9, 1.2), g.direction)
+    coarse, shape = field_grid(fine, (30, 40, 50), 2.5)
+    assert shape == (15, 20, 16) and coarse.spacing == pytest.approx((2.4, 1.8, 2.4))  # blocks 2, 2, 3
+
+    frames = tiny_patient.frames_hu[:3]
+    cfg = RegistrationConfig(
+        reference_frame="first", field_spacing_mm=2.0 * max(g.spacing),
+        simpleitk=SimpleITKConfig(affine_iterations=5, bspline_iterations=3, bspline_mesh=2),
+    )
+    res = register_arrays(frames, _masks(tiny_patient)[:3], g, "simpleitk", cfg, torch.device("cpu"))
+    blocks = tuple(int(np.floor(cfg.field_spacing_mm / s + 1e-6)) for s in g.spacing[::-1])
+    assert res["fields"].shape == (3, *(n // b for n, b in zip(frames.shape[1:], blocks)), 3)
+    assert res["field_geometry"].allclose(g.blocks(blocks))
+    assert res["registered"].shape == frames.shape and not np.array_equal(res["registered"][1], frames[1])
+    assert np.abs(res["fields"][1]).max() > 0.1
