@@ -131,15 +131,16 @@ def bilateral_average(
     spatial = torch.exp(-0.5 * (hood.distances_mm.to(curves) / spatial_sigma_mm) ** 2)
     total = torch.zeros_like(curves)
     norm = torch.zeros(len(curves), dtype=curves.dtype, device=curves.device)
+    # index_select, not tensor[index]: same values, but ~3-100x faster on CPU (advanced indexing's slow path)
     for step, w_spatial in zip(hood.steps, spatial):
-        nb = hood.index[hood.base + step]
+        nb = hood.index.index_select(0, hood.base + step)
         valid = nb >= 0
         nb = nb.clamp_min(0)
-        w = w_spatial * source[nb] * valid
+        w = w_spatial * source.index_select(0, nb) * valid
         if segments is not None:
-            w = w * (segments[nb] == segments)
+            w = w * (segments.index_select(0, nb) == segments)
         if guide is not None:
-            w = w * torch.exp(-0.5 * ((guide[nb] - guide) / range_sigma) ** 2)
-        total += w[:, None] * curves[nb]
+            w = w * torch.exp(-0.5 * ((guide.index_select(0, nb) - guide) / range_sigma) ** 2)
+        total += w[:, None] * curves.index_select(0, nb)
         norm += w
     return total / norm[:, None]
