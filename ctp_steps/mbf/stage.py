@@ -138,6 +138,7 @@ def mbf_record(est: MBFEstimate, geometry: Geometry) -> dict:
         "n_baseline_frames": est.aif.n_baseline,
         "mbf_method": est.method,
         "tissue_delay_s": None if math.isnan(est.tissue_delay_s) else est.tissue_delay_s,
+        "mbf_working_spacing_mm": working_spacing(est),
     }
     for terr, segs in TERRITORY_SEGMENTS.items():
         record[f"mbf_{terr.lower()}"] = _mean_or_none(mbf[np.isin(est.segments, segs)])
