@@ -210,6 +210,7 @@ class Inputs(PatientInputs):
     mbf: Path  # the MBF stage's regularised map
     myocardium: Path
     aha: Path
+    mbf_se: Path | None = None  # its standard-error map: the IMV interval is drawn from it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,7 +235,7 @@ def run(inputs: Inputs, outputs: Outputs, cfg: IMVConfig, ctx: Context) -> dict:
     write_parquet(outputs.segments, segments, metadata={"threshold_mbf": f"{result.threshold:.6g}"})
     imv_figure(segments, result.threshold, outputs.qc)
     record = imv_record(result, myo, aha17, voxel_ml, cfg.mode)
-    se_path = getattr(inputs, "mbf_se", None)  # an Inputs field once rules/imv.smk names the MBF stage's SE map
+    se_path = inputs.mbf_se
     if se_path is not None and cfg.interval_draws > 0:
         se, g_se = read_volume(se_path)
         if not g_se.allclose(geometry):

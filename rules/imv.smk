@@ -9,6 +9,7 @@ rule imv:
         mbf=patient_file("mbf"),
         myocardium=patient_file("myocardium"),
         aha=patient_file("aha17"),
+        mbf_se=patient_file("mbf_se"),
     output:
         ischemia=patient_file("ischemia"),
         segments=patient_file("segments_imv"),

@@ -315,7 +315,7 @@ def run_cli(folder: Path, cfg: MBFConfig) -> None:
                   "myocardium": "myocardium.nii.gz", "aha": "aha17.nii.gz", "aif": "aif.parquet"},
         "output": {"mbf": "mbf.nii.gz", "mbf_raw": "mbf_raw.nii.gz", "tac": "tac.parquet",
                    "segments": "segments_mbf.parquet", "qc": "mbf_qc.png", "status": "mbf.status.json",
-                   "blood_volume": "blood_volume.nii.gz"},
+                   "blood_volume": "blood_volume.nii.gz", "mbf_se": "mbf_se.nii.gz"},
     }
     if not cfg.writes_blood_volume:
         del files["output"]["blood_volume"]
@@ -327,6 +327,8 @@ def run_cli(folder: Path, cfg: MBFConfig) -> None:
 MBF_RECORD_KEYS = {
     "mbf_global", "mbf_raw_global", "mbf_lad", "mbf_rca", "mbf_lcx", "mbf_myocardium_ml", "mbf_aif_peak_hu",
     "mbf_aif_baseline_hu", "mbf_aif_fit_rms_hu", "bolus_arrival_s", "n_baseline_frames", "mbf_method", "tissue_delay_s",
+    "mbf_working_spacing_mm", "mbf_reliable",
+    *(f"mbf_{region}_{stat}" for region in ("global", "lad", "rca", "lcx") for stat in ("se", "ci_low", "ci_high")),
 }
 
 

@@ -63,6 +63,20 @@ class RegularisationConfig(BaseModel):
     )
 
 
+class UncertaintyConfig(BaseModel):
+    """The reliability rule on the uncertainty of global MBF (a user policy, not a measured quantity)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reliable_max_ci_half_width_pct: float = Field(
+        20.0,
+        gt=0,
+        description="mbf_reliable is true when the half-width of the 95 % interval of global MBF is below this "
+        "percentage of global MBF. A user policy (how precise a patient's MBF must be to be used), not derived "
+        "from the synthetic phantom.",
+    )
+
+
 class MBFConfig(BaseModel):
     """Myocardial blood flow: curves, fitting method, extraction correction, numerics."""
 
@@ -134,6 +148,10 @@ class MBFConfig(BaseModel):
     )
     regularisation: RegularisationConfig = Field(
         default_factory=RegularisationConfig, description="How mbf.nii.gz is made from noisy voxel curves."
+    )
+    uncertainty: UncertaintyConfig = Field(
+        default_factory=UncertaintyConfig,
+        description="The reliability rule applied to the SE and 95 % interval of every MBF value (ctp_steps/mbf/uncertainty.py).",
     )
 
     @property

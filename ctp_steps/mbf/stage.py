@@ -18,7 +18,7 @@ from ctp_steps.mbf.config import MBFConfig
 from ctp_steps.mbf.estimate import MBFEstimate, PerfusionInputs, estimate_mbf
 from ctp_steps.mbf.fit import model_curves
 from ctp_steps.mbf.tac import AIFError, read_aif
-from ctp_steps.mbf.uncertainty import PatientUncertainty, UncertaintyConfig, patient_uncertainty
+from ctp_steps.mbf.uncertainty import PatientUncertainty, patient_uncertainty
 from ctp_steps.stages import Context, PatientInputs, PatientOutputs
 from ctp_steps.types import Geometry, PatientInputError
 
@@ -145,17 +145,6 @@ def mbf_record(est: MBFEstimate, geometry: Geometry) -> dict:
     return record
 
 
-def uncertainty_metadata(unc: PatientUncertainty | None) -> dict[str, str]:
-    """The patient-level uncertainty (global and territory SE and 95 % interval, mbf_reliable) as parquet metadata.
-
-    Kept out of the status record until the cohort's patients schema declares these columns
-    (ctp_steps/cohort.py rejects unknown record keys).
-    """
-    if unc is None:
-        return {}
-    return {k: "" if v is None else str(v) for k, v in unc.record.items()}
-
-
 def run(inputs: Inputs, outputs: Outputs, cfg: MBFConfig, ctx: Context) -> dict:
     """Estimate MBF for one patient and write every output; returns the record."""
     from ctp_steps.mbf.plots import mbf_figure
@@ -173,9 +162,8 @@ def run(inputs: Inputs, outputs: Outputs, cfg: MBFConfig, ctx: Context) -> dict:
         write_volume(outputs.blood_volume, est.volume(est.raw.params["vb"]), data.geometry)
     unc = None
     if outputs.mbf_se is not None:
-        rule = getattr(cfg, "uncertainty", None) or UncertaintyConfig()  # MBFConfig.uncertainty once it has one
         spacing = tuple(float(x) for x in reversed(data.geometry.spacing))
-        unc = patient_uncertainty(est, cfg, ctx.device, rule, spacing)
+        unc = patient_uncertainty(est, cfg, ctx.device, cfg.uncertainty, spacing)
         write_volume(outputs.mbf_se, est.volume(unc.voxel_se), data.geometry)
     tac = tac_table(est)
     write_parquet(outputs.tac, tac)
@@ -183,8 +171,7 @@ def run(inputs: Inputs, outputs: Outputs, cfg: MBFConfig, ctx: Context) -> dict:
     write_parquet(
         outputs.segments,
         segments,
-        metadata={"method": est.method, "units": "mL/100mL/min", "working_spacing_zyx_mm": working_spacing(est)}
-        | uncertainty_metadata(unc),
+        metadata={"method": est.method, "units": "mL/100mL/min", "working_spacing_zyx_mm": working_spacing(est)},
     )
     mbf_figure(est, tac, segments, outputs.qc)
-    return mbf_record(est, data.geometry)
+    return mbf_record(est, data.geometry) | ({} if unc is None else unc.record)

@@ -58,7 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
 from ctp_steps.aha import TERRITORY_SEGMENTS
-from ctp_steps.mbf.config import MBFConfig, Method
+from ctp_steps.mbf.config import MBFConfig, Method, UncertaintyConfig  # noqa: F401 (re-exported)
 from ctp_steps.mbf.fit import (
     DTYPE,
     PARAMETER_NAMES,
@@ -79,20 +79,6 @@ CONFIDENCE = 0.95
 # the parameter's magnitude, floored at a small fraction of its bound range for parameters near 0.
 _STEP = float(np.finfo(np.float64).eps) ** (1.0 / 3.0)
 _STEP_FLOOR = 1e-3
-
-
-class UncertaintyConfig(BaseModel):
-    """The reliability rule on the uncertainty of global MBF (a user policy, not a measured quantity)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    reliable_max_ci_half_width_pct: float = Field(
-        20.0,
-        gt=0,
-        description="mbf_reliable is true when the half-width of the 95 % interval of global MBF is below this "
-        "percentage of global MBF. A user policy (how precise a patient's MBF must be to be used), not derived "
-        "from the synthetic phantom.",
-    )
 
 
 @dataclass(frozen=True)
