@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: run test validate report dryrun lint schema clean
+.PHONY: run test validate validate-shifted report dryrun lint schema clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,13 @@ run: $(STAMP)
 
 validate: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --workflow-profile workflow/profiles/local validate
+
+# The shifted phantom family (never seen in training) through the same validation, into its own results
+# folder; compare with `$(BIN)/python benchmarks/family_comparison.py results/validation/summary.parquet
+# results/shifted/validation/summary.parquet`.
+validate-shifted: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --workflow-profile workflow/profiles/local validate \
+		--configfile config/config.yaml config/shifted.yaml --config results_dir=results/shifted
 
 # A browsable cohort QC report of the last run: every patient's QC figures by stage, the risk plots.
 report: $(STAMP)

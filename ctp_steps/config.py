@@ -59,6 +59,20 @@ class SyntheticCohortConfig(Strict):
         "and the noise is added on the native grid (ctp_steps/phantom/native.py). For realistic study sizes.",
     )
     outcome: OutcomeParams = Field(default_factory=OutcomeParams)
+    family: Literal["default", "shifted"] = Field(
+        "default",
+        description="Phantom family of the cohort: `default` (the nets' training distribution) or `shifted` "
+        "(ctp_steps/phantom/shifted.py: other anatomy parametrisation, kinetic model, native grids drawn per "
+        "patient, own seed namespace), to measure generalisation (`make validate-shifted`). `shifted` draws its "
+        "own native grid per patient, so `native_grid` must stay unset; of `phantom` it uses only "
+        "`apex_cap_fraction` and `ischemia_threshold_mbf`.",
+    )
+
+    @model_validator(mode="after")
+    def _family_grid(self) -> "SyntheticCohortConfig":
+        if self.family == "shifted" and self.native_grid is not None:
+            raise ValueError("synthetic.family 'shifted' draws a native grid per patient: leave native_grid unset")
+        return self
 
     @field_validator("centers")
     @classmethod

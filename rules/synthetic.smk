@@ -19,6 +19,7 @@ rule synthesize_patient:
         spec=lambda wc: json.dumps(SYNTHETIC_SPECS[(wc.center, wc.patient)]),
         phantom=CFG.synthetic.phantom.model_dump_json(),
         native=CFG.synthetic.native_grid.model_dump_json() if CFG.synthetic.native_grid else "",
+        family=CFG.synthetic.family,
         truth_dir=lambda wc, output: str(Path(output.truth).parent),
         code=code_fingerprint("synthesize"),
     log:
@@ -32,7 +33,8 @@ rule synthesize_patient:
         "../envs/ctp.yaml"
     shell:
         "ctp-steps synthesize --spec-json {params.spec:q} --params-json {params.phantom:q}"
-        " --dicom-dir {output.dicom:q} --truth-dir {params.truth_dir:q} --native-json={params.native:q} > {log:q} 2>&1"
+        " --dicom-dir {output.dicom:q} --truth-dir {params.truth_dir:q} --native-json={params.native:q}"
+        " --family {params.family} > {log:q} 2>&1"
 
 
 rule synthetic_manifest:

@@ -32,6 +32,7 @@ rule validate:
     input:
         metrics=lambda wc: validation_inputs(),
         cohort=f"{RESULTS}/cohort/patients.parquet",
+        config=f"{RESULTS}/cohort/config.json",  # the summary's `family` column (synthetic.family)
     output:
         f"{RESULTS}/validation/summary.parquet",
     params:

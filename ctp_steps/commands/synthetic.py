@@ -12,7 +12,13 @@ def _synthesize(args: argparse.Namespace) -> None:
 
     spec = PatientSpec(**json.loads(args.spec_json))
     params = PhantomParams.model_validate_json(args.params_json)
-    if args.native_json:
+    if args.family == "shifted":
+        from ctp_steps.phantom.shifted import generate_shifted_patient
+
+        if args.native_json:
+            raise SystemExit("--family shifted draws its own native grid: --native-json must be empty")
+        patient = generate_shifted_patient(spec, params)
+    elif args.native_json:
         from ctp_steps.phantom.native import NativeGrid, as_patient, native_study
 
         patient = as_patient(native_study(spec, params, NativeGrid.model_validate_json(args.native_json)))
@@ -37,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dicom-dir", required=True)
     p.add_argument("--truth-dir", required=True)
     p.add_argument("--native-json", default="", help="render on this native grid (NativeGrid JSON)")
+    p.add_argument("--family", choices=("default", "shifted"), default="default",
+                   help="phantom family (shifted: ctp_steps/phantom/shifted.py, never seen in training)")
     p.set_defaults(func=_synthesize)
 
     p = sub.add_parser("synthetic-manifest", help="covariates + outcomes → cohort manifest")
