@@ -3,7 +3,10 @@
 Definitions (rows of ctp_steps.validation.rows, stage `imv`):
 - imv_pct_abs_error = |IMV% - true IMV%|, imv_pct_error its signed value
   (targets lv, lv_raw, and per territory lad, rca, lcx);
-- ischemia_dice = Dice of the ischemic masks, only where true IMV% >= 5 (NaN elsewhere).
+- ischemia_dice = Dice of the ischemic masks, only where true IMV% >= 5 (NaN elsewhere);
+- imv_pct_ci95_coverage, target lv: 1/0 for the stage's 95 % interval (imv_pct_ci_low/high of its record)
+  holding the true IMV%, imv_pct_z = (IMV% - true) / imv_pct_se; NaN where the record has no interval
+  (older runs, or the interval switched off).
 The truth maps are taken where the registered series shows them (ctp_steps.validation.truth.truth_maps).
 """
 
@@ -22,6 +25,19 @@ from ctp_steps.validation.rows import patient_rows
 from ctp_steps.validation.truth import MYOCARDIUM, truth_maps
 
 DICE_MIN_TRUE_IMV_PCT = 5.0
+
+
+def _float(x) -> float:
+    return math.nan if x is None else float(x)
+
+
+def imv_interval_rows(record: dict, true_pct: float) -> list[tuple[str, str, float]]:
+    """Coverage (1/0) and z of the stage's IMV% interval against the true IMV% (NaN where not reported)."""
+    low, high = _float(record.get("imv_pct_ci_low")), _float(record.get("imv_pct_ci_high"))
+    pct, se = _float(record.get("imv_pct")), _float(record.get("imv_pct_se"))
+    covered = float(low <= true_pct <= high) if math.isfinite(low) and math.isfinite(high) else math.nan
+    z = (pct - true_pct) / se if math.isfinite(pct) and math.isfinite(se) and se > 0 else math.nan
+    return [("imv_pct_ci95_coverage", "lv", covered), ("imv_pct_z", "lv", z)]
 
 
 def imv_patient_metrics(truth_dir: Path, patient_dir: Path, imv_config_json: str) -> pd.DataFrame:
@@ -54,4 +70,5 @@ def imv_patient_metrics(truth_dir: Path, patient_dir: Path, imv_config_json: str
         pct = 100.0 * (estimates["lv"] & np.isin(aha, segs)).sum() / myo.sum()
         true_terr = 100.0 * (true_isch & np.isin(true_aha, segs)).sum() / true_myo.sum()
         rows.append(("imv_pct_abs_error", terr.lower(), abs(pct - true_terr)))
+    rows += imv_interval_rows(read_status(patient_dir / status_name("imv")).record, true_pct)
     return patient_rows(truth_dir, "imv", rows)

@@ -17,6 +17,18 @@ Definitions:
   (Shrout & Fleiss 1979), segments of all patients as subjects, estimate and truth as raters
 - mbf_segment_ba_bias / _loa_low / _loa_high = Bland-Altman mean difference and 95 % limits
 
+Uncertainty (the stage's own SE and 95 % intervals, ctp_steps/mbf/uncertainty.py; rows from
+`uncertainty_rows`, NaN where an older run has no uncertainty columns):
+- mbf_ci95_coverage, target `segment`: fraction of the patient's segments whose [mbf_ci_low, mbf_ci_high]
+  (segments_mbf.parquet) holds the true segment MBF; target `global`: 1/0 for the record's global interval
+- mbf_z_rms / mbf_z_sd, target `segment`: RMS and SD (ddof 1) over segments of z = (mbf_mean - true) / mbf_se
+  (1 where the SEs are calibrated); mbf_z, target `global`: z of the global mean
+- mbf_segment_efficiency_vs_reported_se, target `<method>`: segment RMSE / root-mean reported SE². Not the
+  Cramer-Rao efficiency: the CRLB of a segment mean needs the noise of the pipeline's segment curve
+  (correlated phantom noise, resampled by registration and the working grid), which truth.json does not
+  hold; the reported SE (Fisher information at the fitted parameters) is the proxy, named so.
+  benchmarks/noise_sweep.py measures the true-parameter CRLB efficiency where it is computable.
+
 The truth maps describe the phantom's un-moved anatomy; the pipeline's maps are
 in the space of the registration's reference frame, so the maps are first moved
 there (`ctp_steps.validation.truth.truth_maps`); segment and global truths are means over tissue and need no move.
@@ -56,6 +68,91 @@ def segment_means(mbf: np.ndarray, mask: np.ndarray, aha17: np.ndarray) -> np.nd
     )
 
 
+def interval_coverage(true: np.ndarray, low: np.ndarray, high: np.ndarray) -> float:
+    """Fraction of the intervals [low, high] that hold the true value, over entries where all three are finite.
+
+    NaN where none is: an older run without intervals must read as "not measured", never as 0 % coverage.
+    """
+    true, low, high = (np.asarray(a, dtype=float) for a in (true, low, high))
+    ok = np.isfinite(true) & np.isfinite(low) & np.isfinite(high)
+    if not ok.any():
+        return math.nan
+    return float(np.mean((low[ok] <= true[ok]) & (true[ok] <= high[ok])))
+
+
+def z_scores(est: np.ndarray, true: np.ndarray, se: np.ndarray) -> np.ndarray:
+    """(est - true) / se where all are finite and se > 0 (only those entries): standard normal if calibrated."""
+    est, true, se = (np.asarray(a, dtype=float) for a in (est, true, se))
+    ok = np.isfinite(est) & np.isfinite(true) & np.isfinite(se) & (se > 0)
+    return (est[ok] - true[ok]) / se[ok]
+
+
+def efficiency(est: np.ndarray, true: np.ndarray, bound_se: np.ndarray) -> float:
+    """RMSE / root-mean bound² over entries where all are finite: 1 at the bound, > 1 above it (NaN if none)."""
+    est, true, bound_se = (np.asarray(a, dtype=float) for a in (est, true, bound_se))
+    ok = np.isfinite(est) & np.isfinite(true) & np.isfinite(bound_se)
+    if not ok.any():
+        return math.nan
+    bound = math.sqrt(float(np.mean(bound_se[ok] ** 2)))
+    rmse = math.sqrt(float(np.mean((est[ok] - true[ok]) ** 2)))
+    return rmse / bound if bound > 0 else math.nan
+
+
+def _float(x) -> float:
+    """A record value as a float; None (JSON null) and absent values as NaN."""
+    return math.nan if x is None else float(x)
+
+
+def uncertainty_rows(
+    segments: pd.DataFrame | None, true_segments: np.ndarray, record: dict, true_global: float | None, method: str
+) -> list[tuple[str, str, float]]:
+    """(metric, target, value) rows of the stage's SE and intervals against the truth (see the module docstring).
+
+    `segments`: segments_mbf.parquet (None where absent); `true_segments`: true MBF of segments 1..17;
+    `record`: the MBF status record. Every row is present, NaN where its columns are missing.
+    """
+    cols = ("mbf_mean", "mbf_se", "mbf_ci_low", "mbf_ci_high")
+    nan17 = np.full(N_SEGMENTS, math.nan)
+    seg = {c: nan17.copy() for c in cols}
+    if segments is not None and "segment" in segments:
+        idx = segments["segment"].to_numpy(dtype=int) - 1
+        for c in cols:
+            if c in segments:
+                seg[c][idx] = segments[c].to_numpy(dtype=float)
+    true_segments = np.asarray(true_segments, dtype=float)
+    z = z_scores(seg["mbf_mean"], true_segments, seg["mbf_se"])
+    true_g = _float(true_global)
+    low_g, high_g = _float(record.get("mbf_global_ci_low")), _float(record.get("mbf_global_ci_high"))
+    z_g = z_scores(np.array([_float(record.get("mbf_global"))]), np.array([true_g]),
+                   np.array([_float(record.get("mbf_global_se"))]))
+    return [
+        ("mbf_ci95_coverage", "segment", interval_coverage(true_segments, seg["mbf_ci_low"], seg["mbf_ci_high"])),
+        ("mbf_ci95_coverage", "global", interval_coverage(np.array([true_g]), np.array([low_g]), np.array([high_g]))),
+        ("mbf_z_rms", "segment", float(np.sqrt(np.mean(z**2))) if z.size else math.nan),
+        ("mbf_z_sd", "segment", float(z.std(ddof=1)) if z.size > 1 else math.nan),
+        ("mbf_z", "global", float(z_g[0]) if z_g.size else math.nan),
+        ("mbf_segment_efficiency_vs_reported_se", method, efficiency(seg["mbf_mean"], true_segments, seg["mbf_se"])),
+    ]
+
+
+def read_segments(patient_dir: Path) -> pd.DataFrame | None:
+    """The stage's segment table, None where the file is absent."""
+    path = Path(patient_dir) / file_name("segments_mbf")
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+def true_segment_mbf(truth: dict) -> np.ndarray:
+    """True mean MBF of segments 1..17 from truth.json (NaN where the phantom has no such segment)."""
+    return np.array([math.nan if v is None else v for v in truth["mbf_segments"]], dtype=float)
+
+
+def uncertainty_metrics(truth_dir: Path, patient_dir: Path, method: str) -> list[tuple[str, str, float]]:
+    """`uncertainty_rows` of one patient from its files: truth.json, segments_mbf.parquet, the MBF status record."""
+    truth = read_json(Path(truth_dir) / "truth.json")
+    record = read_status(Path(patient_dir) / status_name("mbf")).record
+    return uncertainty_rows(read_segments(patient_dir), true_segment_mbf(truth), record, truth["mbf_global"], method)
+
+
 def mbf_patient_metrics(
     truth_dir: Path, patient_dir: Path, mbf_config_json: str, device_name: str = "auto"
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -72,7 +169,7 @@ def mbf_patient_metrics(
     truth = read_json(truth_dir / "truth.json")
     true_mbf, labels, _, _ = truth_maps(truth_dir, patient_dir)
     true_myo = labels == MYOCARDIUM
-    true_segments = np.array([math.nan if v is None else v for v in truth["mbf_segments"]], dtype=float)
+    true_segments = true_segment_mbf(truth)
     inputs = read_inputs(
         Inputs(
             frames=patient_dir / file_name("frames"),
@@ -99,6 +196,7 @@ def mbf_patient_metrics(
         segment_rows += [
             (patient_id, center, target, s + 1, est_segments[s], true_segments[s]) for s in range(17)
         ]
+    rows += uncertainty_metrics(truth_dir, patient_dir, cfg.method)
     return patient_rows(truth_dir, "mbf", rows), pd.DataFrame(segment_rows, columns=SEGMENT_COLUMNS)
 
 
