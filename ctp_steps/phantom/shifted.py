@@ -269,7 +269,27 @@ def draw_anatomy(seed: int, p: ShiftedParams, cap_fraction: float) -> tuple[Shif
     }
     provisional = ShiftedAnatomy(grid, lv, rv, la, None, hu, angle)  # body placed around the heart's points
     body = place_body(rng, surface_points(provisional, 3.0), lv)
+    shift = aorta_in_view(grid, body)
+    if shift.any():
+        grid = anatomy_grid(native, centre + shift, p)
     return ShiftedAnatomy(grid, lv, rv, la, body, hu, angle), native
+
+
+def aorta_in_view(grid: PhantomGrid, body: Body, margin_mm: float = 10.0) -> np.ndarray:
+    """Smallest in-plane move of the field of view that keeps the descending aorta (+ margin) inside it:
+    the operator of a perfusion scan frames the heart and the descending aorta, where the AIF is read."""
+    sp = np.asarray(grid.geometry.spacing)
+    lo = np.asarray(grid.geometry.origin) - sp / 2
+    hi = lo + np.asarray(grid.shape[::-1]) * sp
+    r = body.aorta_radius + margin_mm
+    shift = np.zeros(3)
+    for axis in range(2):
+        c = body.aorta_xy[axis]
+        if c + r > hi[axis]:
+            shift[axis] = c + r - hi[axis]
+        elif c - r < lo[axis]:
+            shift[axis] = (c - r) - lo[axis]
+    return shift
 
 
 @dataclass(frozen=True)
