@@ -89,6 +89,7 @@ def test_truth_is_consistent(patients):
         assert 100 < tr["myocardium_ml"] < 260  # an adult LV (the dilated, thick-based shell of this family)
         assert set(np.unique(p.aha17[myo]).tolist()) == set(range(1, 18))
         assert not p.aha17[~myo].any()
+        assert (p.labels == 1).any(axis=(1, 2)).all()  # the descending aorta (the AIF) is in every slice
         lo = SMALL.ischemic_mbf[0] * (1 - SMALL.heterogeneity[1])
         hi = SMALL.normal_mbf[1] * (1 + SMALL.heterogeneity[1])
         assert lo <= p.mbf[myo].min() and p.mbf[myo].max() <= hi and not p.mbf[~myo].any()

@@ -34,7 +34,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import expit
 
-from ctp_steps.aha import TERRITORY_SEGMENTS
 from ctp_steps.phantom.anatomy import (
     AORTA, LA_BLOOD, LABEL_NAMES, LV_BLOOD, N_CLASSES, RV_BLOOD, RV_WALL, Body,
 )
@@ -520,5 +519,4 @@ def family_parameters() -> dict:
             for name, f in ShiftedParams.model_fields.items()}
 
 
-__all__ = ["FAMILY", "ShiftedParams", "generate_shifted_patient", "shifted_study", "family_parameters",
-           "TERRITORY_SEGMENTS"]
+__all__ = ["FAMILY", "ShiftedParams", "generate_shifted_patient", "shifted_study", "family_parameters"]
