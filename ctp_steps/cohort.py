@@ -8,6 +8,7 @@ schemas are declared once here; later stages add their columns to them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pandas as pd
 import pyarrow as pa
@@ -17,6 +18,7 @@ from ctp_steps.aha import SEGMENT_NAMES, SEGMENT_TERRITORY
 from ctp_steps.io import read_status, write_parquet
 from ctp_steps.layout import file_name, status_name
 from ctp_steps.manifest import read_manifest_table
+from ctp_steps.mbf.config import ExtractionPreset
 
 SCHEMA_VERSION = "1"
 
@@ -98,6 +100,14 @@ PATIENT_COLUMNS: list[pa.Field] = [
     *[pa.field(f"mbf_{region}_{stat}", pa.float64()) for region in ("global", "lad", "rca", "lcx")
       for stat in ("se", "ci_low", "ci_high")],
     pa.field("mbf_reliable", pa.bool_()),
+    # Extraction sensitivity (ctp_steps/mbf/extraction.py): the preset used (mbf.extraction; null for methods
+    # without K1), global MBF of the same K1 map under every preset, and min/max over the configured and the
+    # published iodinated-contrast presets. A MODEL interval (spread over extraction models), not a confidence
+    # interval: noise is in mbf_global_ci_low/high.
+    pa.field("mbf_extraction", pa.string()),
+    *[pa.field(f"mbf_global_{preset}", pa.float64()) for preset in get_args(ExtractionPreset)],
+    pa.field("mbf_extraction_low", pa.float64()),
+    pa.field("mbf_extraction_high", pa.float64()),
     pa.field("n_baseline_frames", pa.int32()),
     pa.field("imv_mode", pa.string()),
     pa.field("imv_threshold", pa.float64()),

@@ -327,7 +327,8 @@ def run_cli(folder: Path, cfg: MBFConfig) -> None:
 MBF_RECORD_KEYS = {
     "mbf_global", "mbf_raw_global", "mbf_lad", "mbf_rca", "mbf_lcx", "mbf_myocardium_ml", "mbf_aif_peak_hu",
     "mbf_aif_baseline_hu", "mbf_aif_fit_rms_hu", "bolus_arrival_s", "n_baseline_frames", "mbf_method", "tissue_delay_s",
-    "mbf_working_spacing_mm", "mbf_reliable",
+    "mbf_working_spacing_mm", "mbf_reliable", "mbf_extraction", "mbf_extraction_low", "mbf_extraction_high",
+    *(f"mbf_global_{p}" for p in ("project_default", "ct_pet_2023", "sucrose_ps_1984", "unity")),
     *(f"mbf_{region}_{stat}" for region in ("global", "lad", "rca", "lcx") for stat in ("se", "ci_low", "ci_high")),
 }
 

@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Method = Literal["upslope", "one_compartment", "fermi"]
 METHODS: tuple[Method, ...] = ("upslope", "one_compartment", "fermi")
+# Named K1 -> flow models (ctp_steps/mbf/extraction.py says the source of each).
+ExtractionPreset = Literal["project_default", "ct_pet_2023", "sucrose_ps_1984", "unity"]
 
 
 class RegularisationConfig(BaseModel):
@@ -89,13 +91,23 @@ class MBFConfig(BaseModel):
     )
     renkin_crone: bool = Field(
         True,
-        description="one_compartment: MBF from K1 = MBF*(1-exp(-PS/MBF)), PS = ps_ml_100ml_min + "
-        "ps_flow_slope*MBF; false takes MBF = K1 (extraction 1).",
+        description="one_compartment: MBF from K1 through the `extraction` model (default K1 = MBF*(1-exp(-PS/MBF)), "
+        "PS = ps_ml_100ml_min + ps_flow_slope*MBF); false takes MBF = K1 (extraction 1, as extraction unity).",
+    )
+    extraction: ExtractionPreset = Field(
+        "project_default",
+        description="one_compartment with renkin_crone: the K1 -> MBF extraction model (ctp_steps/mbf/extraction.py "
+        "cites each). project_default: PS = ps_ml_100ml_min + ps_flow_slope*MBF, the training phantom's own model "
+        "(no published source); ct_pet_2023: generalized Renkin-Crone E = 1 - 0.614*exp(-21.8/MBF), fitted between "
+        "CT K1 and 82Rb PET (J Cardiovasc Comput Tomogr 2023); sucrose_ps_1984: fixed PS 77 (sucrose, rabbit "
+        "heart; K1 saturates at 77, a bound); unity: MBF = K1. Every preset's global MBF is reported anyway "
+        "(mbf_global_<preset>, a model interval, not a confidence interval).",
     )
     ps_ml_100ml_min: float = Field(
         60.0,
         gt=0,
-        description="Capillary permeability-surface product of iodine at zero flow (mL/100mL/min) in Renkin-Crone.",
+        description="Capillary permeability-surface product of iodine at zero flow (mL/100mL/min) in Renkin-Crone "
+        "(extraction project_default).",
     )
     ps_flow_slope: float = Field(
         0.5,

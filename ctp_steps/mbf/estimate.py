@@ -18,7 +18,8 @@ import torch
 from scipy import ndimage
 
 from ctp_steps.mbf.config import MBFConfig, Method
-from ctp_steps.mbf.fit import FitResult, RenkinCrone, SharedKinetics, fit_curves
+from ctp_steps.mbf.extraction import extraction_model
+from ctp_steps.mbf.fit import FitResult, SharedKinetics, fit_curves
 from ctp_steps.mbf.regularise import Neighbourhood, bilateral_average
 from ctp_steps.mbf.tac import ArterialInput, arterial_input, segment_mean_curves, tissue_enhancement
 from ctp_steps.types import Geometry, PatientInputError
@@ -100,7 +101,7 @@ def estimate_mbf(
             max_iter=cfg.max_iter,
             chunk=cfg.chunk_voxels,
             device=device,
-            renkin_crone=RenkinCrone(cfg.ps_ml_100ml_min, cfg.ps_flow_slope) if cfg.renkin_crone else None,
+            renkin_crone=extraction_model(cfg),  # type: ignore[arg-type]  # any ExtractionModel
             max_mbf=cfg.max_mbf,
             shared=shared,
             compiled=cfg.compile_fits,

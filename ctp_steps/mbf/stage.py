@@ -16,6 +16,7 @@ from ctp_steps.aha import N_SEGMENTS, SEGMENT_TERRITORY, TERRITORY_SEGMENTS
 from ctp_steps.io import read_json, read_series, read_volume, write_parquet, write_volume
 from ctp_steps.mbf.config import MBFConfig
 from ctp_steps.mbf.estimate import MBFEstimate, PerfusionInputs, estimate_mbf
+from ctp_steps.mbf.extraction import INTERVAL_PRESETS, PRESETS, preset_flows, used_preset
 from ctp_steps.mbf.fit import model_curves
 from ctp_steps.mbf.tac import AIFError, read_aif
 from ctp_steps.mbf.uncertainty import PatientUncertainty, patient_uncertainty
@@ -124,8 +125,31 @@ def working_spacing(est: MBFEstimate) -> str:
     return ",".join(f"{s:.4g}" for s in est.working_spacing_mm)
 
 
-def mbf_record(est: MBFEstimate, geometry: Geometry) -> dict:
-    """The stage's columns in patients.parquet (None where undefined)."""
+EXTRACTION_KEYS = [*(f"mbf_global_{p}" for p in PRESETS), "mbf_extraction_low", "mbf_extraction_high"]
+
+
+def extraction_record(est: MBFEstimate, cfg: MBFConfig) -> dict:
+    """Global MBF of the same regularised K1 map under every extraction preset, and their model interval.
+
+    The extraction of iodine is a model choice, not a measurement (ctp_steps/mbf/extraction.py):
+    re-mapping the fitted K1 (no refit) shows how much of the patient's MBF is that choice.
+    low/high span `INTERVAL_PRESETS` and the preset used, so they contain mbf_global; a model
+    interval, not a confidence interval. None for methods without K1 (upslope, fermi).
+    """
+    if est.method != "one_compartment" or not est.regularised.rate.size:
+        return {"mbf_extraction": None} | dict.fromkeys(EXTRACTION_KEYS)
+    used = used_preset(cfg)
+    means = {p: float(flow.mean()) for p, flow in preset_flows(cfg, est.regularised.rate).items()}
+    span = [means[p] for p in (*INTERVAL_PRESETS, used)]
+    return (
+        {"mbf_extraction": used}
+        | {f"mbf_global_{p}": means[p] for p in PRESETS}
+        | {"mbf_extraction_low": min(span), "mbf_extraction_high": max(span)}
+    )
+
+
+def mbf_record(est: MBFEstimate, geometry: Geometry, cfg: MBFConfig) -> dict:
+    """The stage's columns in patients.parquet (None where undefined), with the extraction sensitivity."""
     mbf = est.regularised.mbf
     record = {
         "mbf_global": _mean_or_none(mbf),
@@ -142,7 +166,7 @@ def mbf_record(est: MBFEstimate, geometry: Geometry) -> dict:
     }
     for terr, segs in TERRITORY_SEGMENTS.items():
         record[f"mbf_{terr.lower()}"] = _mean_or_none(mbf[np.isin(est.segments, segs)])
-    return record
+    return record | extraction_record(est, cfg)
 
 
 def run(inputs: Inputs, outputs: Outputs, cfg: MBFConfig, ctx: Context) -> dict:
@@ -174,4 +198,4 @@ def run(inputs: Inputs, outputs: Outputs, cfg: MBFConfig, ctx: Context) -> dict:
         metadata={"method": est.method, "units": "mL/100mL/min", "working_spacing_zyx_mm": working_spacing(est)},
     )
     mbf_figure(est, tac, segments, outputs.qc)
-    return mbf_record(est, data.geometry) | ({} if unc is None else unc.record)
+    return mbf_record(est, data.geometry, cfg) | ({} if unc is None else unc.record)
