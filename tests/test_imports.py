@@ -55,6 +55,7 @@ SHARED = {
     "ctp_steps.reasons",
     "ctp_steps.orientation",
     "ctp_steps.resources",
+    "ctp_steps.tensors",
 }
 
 FORBIDDEN_ALWAYS = ("validation",)

@@ -509,3 +509,23 @@ def test_fields_file_grid_is_coarse_where_voxels_are_fine(tiny_patient):
     assert res["field_geometry"].allclose(g.blocks(blocks))
     assert res["registered"].shape == frames.shape and not np.array_equal(res["registered"][1], frames[1])
     assert np.abs(res["fields"][1]).max() > 0.1
+
+
+def test_field_at_block_centres_interpolates_onto_the_image_grid():
+    """A field given at block centres comes back on every voxel by trilinear interpolation: exact for a
+    linear field inside the hull of the centres, edge values beyond it."""
+    from ctp_steps.registration.stage import block_centres_to_grid, field_grid
+    from ctp_steps.registration.warp import world_points
+    from ctp_steps.types import Geometry
+
+    g = Geometry((3.0, -2.0, 10.0), (0.7, 0.7, 1.25), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    shape = (13, 22, 23)
+    coarse_geometry, coarse_shape = field_grid(g, shape, 2.5)
+    assert coarse_shape == (6, 7, 7)
+    a = np.array([[0.01, 0.02, -0.01], [0.0, 0.03, 0.01], [0.02, 0.0, 0.01]])
+    coarse = (world_points(coarse_geometry, coarse_shape, None, torch.float64).numpy() @ a.T + 1.0).astype(np.float32)
+    full = block_centres_to_grid(coarse, (2, 3, 3), shape, torch.device("cpu"))
+    exact = world_points(g, shape, None, torch.float64).numpy() @ a.T + 1.0
+    inner = (slice(1, 11), slice(1, 20), slice(1, 20))
+    assert full.shape == (*shape, 3) and np.abs(full[inner] - exact[inner]).max() < 1e-5
+    np.testing.assert_array_equal(full[12], full[11])  # past the last whole block: the edge value

@@ -12,8 +12,17 @@ SHELL_MM = (2.5, 7.0)
 
 
 def _shell(lv: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
-    dist = ndimage.distance_transform_edt(~lv, sampling=spacing_zyx)
-    return (dist > SHELL_MM[0]) & (dist <= SHELL_MM[1])
+    """Voxels SHELL_MM away from the LV. The distance transform runs on the LV's bounding box grown by the
+    shell's reach (the same distances there: every LV voxel is inside it), not on the whole field of view."""
+    shell = np.zeros(lv.shape, dtype=bool)
+    idx = np.argwhere(lv)
+    if idx.size == 0:
+        return shell
+    reach = np.ceil(SHELL_MM[1] / np.asarray(spacing_zyx)).astype(int) + 1
+    box = tuple(slice(max(lo - r, 0), min(hi + r + 1, n)) for lo, hi, r, n in zip(idx.min(0), idx.max(0), reach, lv.shape))
+    dist = ndimage.distance_transform_edt(~lv[box], sampling=spacing_zyx)
+    shell[box] = (dist > SHELL_MM[0]) & (dist <= SHELL_MM[1])
+    return shell
 
 
 def enhancement_curves(frames: np.ndarray, lv_masks: np.ndarray, geometry: Geometry) -> dict[str, list[float]]:

@@ -28,6 +28,7 @@ from ctp_steps.registration.fields import write_fields
 from ctp_steps.registration.reference import choose_reference
 from ctp_steps.registration.warp import crop_geometry, sample_world, world_points
 from ctp_steps.stages import Context, PatientInputs, PatientOutputs
+from ctp_steps.tensors import channel_argmax
 from ctp_steps.types import Geometry, PatientInputError, block_factors
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,12 @@ def register_arrays(
     method_seconds = time.perf_counter() - t0
 
     shape = frames.shape[1:]
-    region = box_region(geometry, shape, box, size)
+    block = block_factors(geometry.spacing[::-1], cfg.field_spacing_mm)
     field_geometry, field_shape = field_grid(geometry, shape, cfg.field_spacing_mm)
+    # The fields are pasted, written and checked (Jacobian, displacement) on the fields grid: the image grid
+    # unless its voxels are finer than field_spacing_mm; there the frames are warped with the field
+    # interpolated from the block centres (a field varies over centimetres, not voxels)
+    region = box_region(field_geometry, field_shape, box, size)
     points = world_points(geometry, shape, device)
     field_points = points if field_shape == shape else world_points(field_geometry, field_shape, device)
     registered, warped_masks = frames.copy(), masks.copy()
@@ -136,15 +141,13 @@ def register_arrays(
     for k, bf in enumerate(box_fields):  # one frame at a time: a full-grid field exists for one frame only
         field = np.zeros((*shape, 3), dtype=np.float32)
         if bf is not None:
-            field = paste_field(bf, geometry, shape, cfg.taper_mm, device, points)
-            fields[k] = field if field_shape == shape else paste_field(
-                bf, field_geometry, field_shape, cfg.taper_mm, device, field_points
-            )
+            fields[k] = paste_field(bf, field_geometry, field_shape, cfg.taper_mm, device, field_points)
+            field = fields[k] if field_shape == shape else block_centres_to_grid(fields[k], block, shape, device)
         if np.any(field):
             registered[k], warped_masks[k] = warp_frame(frames[k], masks[k], field, geometry, device, points)
         t1 = time.perf_counter()
         per_frame.append({"frame": k, "lv_shift_mm": float(shift[k]),
-                          **qc.frame_qc(field, geometry, region, lv_ref, lv[k], warped_masks[k] == LV_BLOOD)})
+                          **qc.frame_qc(fields[k], field_geometry, region, lv_ref, lv[k], warped_masks[k] == LV_BLOOD)})
         qc_seconds += time.perf_counter() - t1
     warp_seconds = time.perf_counter() - t0 - method_seconds - qc_seconds
 
@@ -174,16 +177,33 @@ def field_grid(geometry: Geometry, shape_zyx, field_spacing_mm: float) -> tuple[
     return geometry.blocks(block), tuple(n // b for n, b in zip(shape_zyx, block))
 
 
+def block_centres_to_grid(field: np.ndarray, block: tuple[int, int, int], shape_zyx, device: torch.device) -> np.ndarray:
+    """A (z, y, x, 3) field given at block centres, trilinear onto every voxel of the image grid.
+
+    With align_corners=False, interpolating by exactly the block factor puts output voxel o at input
+    coordinate (o - (b - 1) / 2) / b, i.e. at the block-centre geometry of `Geometry.blocks`; voxels past
+    the last whole block take the edge value.
+    """
+    coarse = torch.as_tensor(field, device=device).permute(3, 0, 1, 2)[None]
+    size = tuple(n * b for n, b in zip(field.shape[:3], block))
+    fine = F.interpolate(coarse, size=size, mode="trilinear", align_corners=False)
+    pad = [amount for n, m in zip(reversed(shape_zyx), reversed(size)) for amount in (0, n - m)]
+    fine = F.pad(fine, pad, mode="replicate") if any(pad) else fine
+    return fine[0].permute(1, 2, 3, 0).contiguous().cpu().numpy()
+
+
 def warp_frame(
     frame: np.ndarray, mask: np.ndarray, field: np.ndarray, geometry: Geometry, device: torch.device,
     points: torch.Tensor,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One frame (linear) and its label mask (linear per label, arg-max) pulled back through its field."""
+    """One frame (linear) and its label mask (linear per label, arg-max) pulled back through its field:
+    image and one-hot labels are sampled together, as channels of one volume."""
     at = points[None] + torch.as_tensor(field, device=device)[None]
     img = torch.as_tensor(frame, device=device)[None, None]
-    registered = sample_world(img, geometry, at)[0, 0].cpu().numpy()
     onehot = F.one_hot(torch.as_tensor(mask, device=device).long(), N_MASK_LABELS).permute(3, 0, 1, 2)[None].float()
-    warped = sample_world(onehot, geometry, at).argmax(dim=1)[0].cpu().numpy().astype(mask.dtype)
+    sampled = sample_world(torch.cat([img.to(onehot.dtype), onehot], dim=1), geometry, at)
+    registered = sampled[0, 0].cpu().numpy().astype(frame.dtype, copy=False)
+    warped = channel_argmax(sampled[:, 1:])[0].cpu().numpy().astype(mask.dtype)
     return registered, warped
 
 

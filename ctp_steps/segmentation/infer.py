@@ -22,6 +22,7 @@ from ctp_steps.segmentation.preprocess import (
     resampled_size,
 )
 from ctp_steps.segmentation.vbnet import VBNet, load_checkpoint
+from ctp_steps.tensors import channel_argmax
 
 
 @dataclass
@@ -90,5 +91,5 @@ def predict(
                 logits = net(x)
             proba = torch.softmax(logits.float(), dim=1)
             proba = resample(proba, tuple(shape))
-            out[b.start : b.stop] = proba.argmax(dim=1).to(torch.uint8).cpu().numpy()
+            out[b.start : b.stop] = channel_argmax(proba).to(torch.uint8).cpu().numpy()
     return out
