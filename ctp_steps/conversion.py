@@ -23,9 +23,10 @@ class ConversionConfig(BaseModel):
         gt=0,
         le=5,
         description="Every later stage works on this grid: native axes finer than this many mm are averaged in "
-        "whole blocks of voxels (0.4 mm pixels -> 2x2 blocks of 0.8 mm), as a thicker reconstruction would. The "
-        "nets work at 2.5 mm and the myocardial wall is 8-12 mm thick, so sub-millimetre voxels only add "
-        "noise, memory and time (a 512x512 frame is 4x the voxels of its 2x2 average). null keeps the native grid.",
+        "whole blocks of the voxel count whose span is closest to it (0.4 mm pixels -> 3x3 blocks of 1.2 mm, "
+        "0.5 mm slices -> pairs of 1.0 mm; 0.7 mm stays), as a thicker reconstruction would. The nets work at "
+        "2.5 mm and the myocardial wall is 8-12 mm thick, so sub-millimetre voxels only add noise, memory and "
+        "time (a 512x512 frame is 9x the voxels of its 3x3 average). null keeps the native grid.",
     )
 
 

@@ -149,7 +149,7 @@ class MBFConfig(BaseModel):
         1.5,
         ge=0,
         description="Curves are fitted and regularised on a working grid: along each axis whose voxel is finer "
-        "than this, blocks of the largest whole number of voxels spanning at most this many mm are averaged "
+        "than this, blocks of the whole number of voxels whose span is closest to this many mm are averaged "
         "(myocardium voxels only; a block is myocardium when most of its voxels are), and every native voxel "
         "takes its block's value (or the nearest block's). 1.5 mm keeps 5-8 working voxels across a 8-12 mm "
         "LV wall, so the subendocardial third and the deep voxels of `regularisation.min_depth_mm` stay "

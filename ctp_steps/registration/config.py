@@ -114,8 +114,8 @@ class RegistrationConfig(Strict):
     field_spacing_mm: float = Field(
         2.5,
         gt=0,
-        description="The displacement-fields file is written at the image's block centres where its voxels are finer "
-        "than this (mm): a field varies over centimetres, and at 0.8 mm voxels a full-resolution 4D vector file is GBs. "
+        description="The displacement-fields file is written at the centres of blocks spanning about this many mm "
+        "where the image's voxels are finer: a field varies over centimetres, and at 0.8 mm voxels a full-resolution 4D vector file is GBs. "
         "Frames are still warped with the full-resolution field.",
     )
     max_lv_shift_mm: float = Field(
