@@ -51,6 +51,7 @@ rule validate_mbf:
         aif=patient_file("aif"),
         mbf=patient_file("mbf"),
         mbf_raw=patient_file("mbf_raw"),
+        segments_mbf=patient_file("segments_mbf"),  # its SE and 95 % intervals: the coverage rows
         register=status_file("register"),
         status=status_file("mbf"),
     output:
