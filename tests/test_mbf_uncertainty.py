@@ -255,3 +255,19 @@ def test_stage_writes_the_se_map_segment_columns_and_patient_columns(tmp_path):
     record = status.record
     assert record["mbf_global_ci_low"] < record["mbf_global"] < record["mbf_global_ci_high"]
     assert record["mbf_global_se"] > 0 and record["mbf_reliable"] is True
+
+
+def test_flow_slope_follows_the_extraction_preset():
+    """The delta method uses the configured preset's dK1/dF: analytic for Renkin-Crone, numerical otherwise."""
+    from ctp_steps.mbf import MBFConfig
+    from ctp_steps.mbf.extraction import CT_PET_2023
+    from ctp_steps.mbf.uncertainty import flow_slope, renkin_crone_of
+
+    flows = np.array([50.0, 150.0, 300.0])
+    assert renkin_crone_of(MBFConfig(extraction="ct_pet_2023"), "one_compartment") is CT_PET_2023
+    a, b = CT_PET_2023.a, CT_PET_2023.b
+    exact = 1.0 / (1.0 - a * np.exp(-b / flows) * (1.0 + b / flows))
+    np.testing.assert_allclose(flow_slope(flows, CT_PET_2023), exact, rtol=1e-6)
+    default = renkin_crone_of(MBFConfig(), "one_compartment")
+    assert not np.allclose(flow_slope(flows, default), exact, rtol=0.01)
+    assert renkin_crone_of(MBFConfig(), "fermi") is None

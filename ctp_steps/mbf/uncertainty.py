@@ -50,6 +50,7 @@ borders), so its effective sources differ somewhat from the region's voxels.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,6 +74,9 @@ from ctp_steps.mbf.fit import (
 )
 from ctp_steps.mbf.kinetics import GridAIF
 from ctp_steps.mbf.tac import ArterialInput
+
+if TYPE_CHECKING:
+    from ctp_steps.mbf.extraction import ExtractionModel
 
 CONFIDENCE = 0.95
 # Central-difference step: cube root of float64 epsilon (balances truncation and rounding error) times
@@ -101,7 +105,7 @@ class MBFUncertainty:
 
 
 def flow_slope(mbf: np.ndarray, renkin_crone: RenkinCrone | None) -> np.ndarray:
-    """dMBF/d(6000 K1) at flow `mbf`: 1 / (dk1/dF) of the Renkin-Crone model (1 without it).
+    """dMBF/d(6000 K1) at flow `mbf`: 1 / (dk1/dF) of the extraction model (1 without it).
 
     k1(F) = F (1 - e), e = exp(-ps/F - slope), so dk1/dF = 1 - e (1 + ps/F):
     1 at zero flow, 1 - exp(-slope) at infinite flow (0 with a fixed PS: K1
@@ -112,8 +116,12 @@ def flow_slope(mbf: np.ndarray, renkin_crone: RenkinCrone | None) -> np.ndarray:
     if renkin_crone is None:
         return np.ones_like(mbf)
     f = np.maximum(mbf, 1e-3)
-    e = np.exp(-renkin_crone.ps / f - renkin_crone.flow_slope)
-    dk1 = 1.0 - e * (1.0 + renkin_crone.ps / f)
+    if isinstance(renkin_crone, RenkinCrone):
+        e = np.exp(-renkin_crone.ps / f - renkin_crone.flow_slope)
+        dk1 = 1.0 - e * (1.0 + renkin_crone.ps / f)
+    else:  # any other extraction preset (ctp_steps/mbf/extraction.py): central difference of its k1(F)
+        step = 1e-4 * f
+        dk1 = (renkin_crone.k1(f + step) - renkin_crone.k1(f - step)) / (2 * step)
     with np.errstate(divide="ignore"):
         return np.where(dk1 > 0, 1.0 / np.maximum(dk1, 0.0), np.inf)
 
@@ -347,11 +355,12 @@ def region_fit(
     )
 
 
-def renkin_crone_of(cfg: MBFConfig, method: Method) -> RenkinCrone | None:
-    """The extraction correction `fit_curves` applies for this method and config (None: MBF = rate)."""
-    if method == "one_compartment" and cfg.renkin_crone:
-        return RenkinCrone(cfg.ps_ml_100ml_min, cfg.ps_flow_slope)
-    return None
+def renkin_crone_of(cfg: MBFConfig, method: Method) -> "ExtractionModel | None":
+    """The extraction model `fit_curves` applies for this method and config (the `mbf.extraction` preset;
+    None: MBF = rate)."""
+    from ctp_steps.mbf.extraction import extraction_model
+
+    return extraction_model(cfg) if method == "one_compartment" else None
 
 
 def summary(
