@@ -632,3 +632,36 @@ def test_working_grid_averages_whole_blocks(tmp_path, iop, shape):
     corners = [native.geometry.index_to_world(np.array([i, j, 0.0])) for i in (0, 1) for j in (0, 1)]
     np.testing.assert_allclose(working.geometry.index_to_world(np.zeros(3)), np.mean(corners, axis=0), atol=1e-6)
     assert convert_dicom_series(tmp_path, working_spacing_mm=0.8).hu.shape == native.hu.shape  # closest: 1 voxel
+
+
+@pytest.mark.parametrize("style", ["series_per_frame", "temporal_position"])  # head-first, feet-first
+def test_validation_rerenders_a_native_grid_patient_on_the_working_grid(tmp_path, style):
+    """Conversion validation re-renders the patient as synthesize did (native grid here) and compares the
+    working grid's block means exactly, whichever end of each axis conversion's whole blocks dropped."""
+    from ctp_steps.conversion import Inputs, Outputs, run
+    from ctp_steps.io import write_status
+    from ctp_steps.phantom import PhantomParams, make_specs, write_dicom, write_truth
+    from ctp_steps.phantom.families import render_patient
+    from ctp_steps.phantom.params import NativeGrid
+    from ctp_steps.types import StageStatus
+    from ctp_steps.validation.conversion import conversion_metrics
+
+    (spec,) = make_specs(1, [("CTR-N", style)], seed=3, role="test")
+    params = PhantomParams(n_frames=(8, 8))
+    native = NativeGrid(shape_zyx=(9, 401, 401), spacing_zyx_mm=(7.0, 0.5, 0.5))  # odd sizes, 2x2 blocks
+    patient = render_patient(spec, params, "default", native)
+    dicom, truth_dir = tmp_path / "dicom", tmp_path / "truth" / "CTR-N" / spec.patient_id
+    write_dicom(patient, dicom, style)
+    write_truth(patient, truth_dir)
+    series, frames, status = tmp_path / "series.nii.gz", tmp_path / "frames.json", tmp_path / "convert.status.json"
+    from ctp_steps.conversion import ConversionConfig
+    from ctp_steps.stages import Context
+
+    record = run(Inputs(dicom=dicom), Outputs(series=series, frames=frames, status=status), ConversionConfig(),
+                 Context(implementation="dicom"))
+    write_status(status, StageStatus(stage="convert", status="ok", record=record))
+    assert record["working_block"] == "1x2x2" and record["shape_y"] == 200
+    rows = conversion_metrics(truth_dir, series, frames, status, params.model_dump_json()).set_index("metric")
+    assert rows.loc["conversion_ok", "value"] == 1.0
+    assert rows.loc["conversion_max_abs_error_hu", "value"] <= 0.5 + 1e-4
+    assert rows.loc["origin_error_mm", "value"] < 1e-3

@@ -55,7 +55,8 @@ def test_cohort_segments_and_quantification_columns(tiny_run):
 
 def test_validation_summary_conversion_exact(tiny_run):
     summary = pd.read_parquet(tiny_run / "results" / "validation" / "summary.parquet")
-    assert list(summary.columns) == ["stage", "metric", "target", "n", "mean", "median", "p05", "p95"]
+    assert list(summary.columns) == ["stage", "metric", "target", "n", "mean", "median", "p05", "p95", "family"]
+    assert (summary["family"] == "default").all()
     rows = summary.set_index("metric")
     assert rows.loc["conversion_ok", "mean"] == 1.0 and rows.loc["conversion_ok", "n"] == 3
     # int16 storage with rescale slope ≤ 1: the round trip is exact to half a stored unit.

@@ -8,22 +8,16 @@ from pathlib import Path
 
 
 def _synthesize(args: argparse.Namespace) -> None:
-    from ctp_steps.phantom import PatientSpec, PhantomParams, generate_patient, write_dicom, write_truth
+    from ctp_steps.phantom import PatientSpec, PhantomParams, write_dicom, write_truth
+    from ctp_steps.phantom.families import render_patient
+    from ctp_steps.phantom.params import NativeGrid
 
     spec = PatientSpec(**json.loads(args.spec_json))
     params = PhantomParams.model_validate_json(args.params_json)
-    if args.family == "shifted":
-        from ctp_steps.phantom.shifted import generate_shifted_patient
-
-        if args.native_json:
-            raise SystemExit("--family shifted draws its own native grid: --native-json must be empty")
-        patient = generate_shifted_patient(spec, params)
-    elif args.native_json:
-        from ctp_steps.phantom.native import NativeGrid, as_patient, native_study
-
-        patient = as_patient(native_study(spec, params, NativeGrid.model_validate_json(args.native_json)))
-    else:
-        patient = generate_patient(spec, params)
+    native = NativeGrid.model_validate_json(args.native_json) if args.native_json else None
+    if args.family == "shifted" and native is not None:
+        raise SystemExit("--family shifted draws its own native grid: --native-json must be empty")
+    patient = render_patient(spec, params, args.family, native)
     write_dicom(patient, Path(args.dicom_dir), spec.vendor_style)
     write_truth(patient, Path(args.truth_dir))
 
