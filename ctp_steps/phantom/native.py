@@ -141,9 +141,9 @@ def as_patient(study: NativeStudy) -> PhantomPatient:
         frames[f] = frame
     truth = native_truth(study)
     sp_in = study.clean.geometry.spacing[::-1]
-    frame_labels = np.stack([
-        nearest(labels, sp_in, study.grid.shape_zyx, study.grid.spacing_zyx_mm) for labels in study.clean.frame_labels
-    ])
+    frame_labels = np.empty((study.n_frames, *study.grid.shape_zyx), dtype=np.uint8)
+    for f, labels in enumerate(study.clean.frame_labels):
+        frame_labels[f] = nearest(labels, sp_in, study.grid.shape_zyx, study.grid.spacing_zyx_mm)
     record = dict(study.clean.truth, geometry=study.geometry.to_dict(), rendering={
         "native_shape_zyx": list(study.grid.shape_zyx),
         "native_spacing_zyx_mm": list(study.grid.spacing_zyx_mm),
