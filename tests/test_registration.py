@@ -529,3 +529,22 @@ def test_field_at_block_centres_interpolates_onto_the_image_grid():
     inner = (slice(1, 11), slice(2, 18), slice(2, 18))
     assert full.shape == (*shape, 3) and np.abs(full[inner] - exact[inner]).max() < 1e-5
     np.testing.assert_array_equal(full[12], full[11])  # past the last whole block: the edge value
+
+
+def test_validation_takes_coarse_fields_onto_the_truth_grid():
+    """Fields written at block centres are sampled at the truth's voxel centres: a linear field exactly."""
+    from ctp_steps.registration.stage import field_grid
+    from ctp_steps.registration.warp import world_points
+    from ctp_steps.types import Geometry
+    from ctp_steps.validation.registration import fields_on_grid
+
+    g = Geometry((3.0, -2.0, 10.0), (0.7, 0.7, 1.25), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    shape = (13, 22, 23)
+    coarse_geometry, coarse_shape = field_grid(g, shape, 2.5)
+    a = np.array([[0.01, 0.02, -0.01], [0.0, 0.03, 0.01], [0.02, 0.0, 0.01]])
+    coarse = world_points(coarse_geometry, coarse_shape, None, torch.float64).numpy() @ a.T + 1.0
+    fine = fields_on_grid(np.stack([coarse, 2 * coarse]).astype(np.float32), coarse_geometry, g, shape)
+    exact = world_points(g, shape, None, torch.float64).numpy() @ a.T + 1.0
+    inner = (slice(1, 11), slice(2, 18), slice(2, 18))
+    assert fine.shape == (2, *shape, 3)
+    assert np.abs(fine[0][inner] - exact[inner]).max() < 1e-4 and np.abs(fine[1][inner] - 2 * exact[inner]).max() < 1e-4

@@ -92,6 +92,17 @@ def metrics_from_arrays(
     ]
 
 
+def fields_on_grid(fields: np.ndarray, geometry: Geometry, target: Geometry, shape_zyx) -> np.ndarray:
+    """Fields (t, z, y, x, 3) written on their own grid (the working grid's ~2.5 mm block centres, see
+    `registration.field_spacing_mm`) sampled trilinearly at the voxel centres of the truth's grid."""
+    points = world_points(target, tuple(shape_zyx), torch.device("cpu"), torch.float32)[None]
+    out = np.empty((len(fields), *shape_zyx, 3), dtype=np.float32)
+    for k, field in enumerate(fields):
+        f = torch.as_tensor(field, dtype=torch.float32).permute(3, 0, 1, 2)[None]
+        out[k] = sample_world(f, geometry, points)[0].permute(1, 2, 3, 0).numpy()
+    return out
+
+
 def registration_metrics(truth_dir: Path, patient_dir: Path, status_path: Path) -> pd.DataFrame:
     """Long metric rows of one patient (an excluded patient gets registration_ok = 0 only)."""
     rows = [("registration_ok", "all", 0.0)]
@@ -99,7 +110,9 @@ def registration_metrics(truth_dir: Path, patient_dir: Path, status_path: Path) 
         truth = read_json(truth_dir / "truth.json")
         report = read_json(patient_dir / file_name("registration_qc"))
         fields, geometry = read_fields(patient_dir / file_name("displacement"))
-        frame_labels, _ = read_series(truth_dir / "frame_labels.nii.gz")
+        frame_labels, truth_geometry = read_series(truth_dir / "frame_labels.nii.gz")
+        if fields.shape[1:4] != frame_labels.shape[1:] or not geometry.allclose(truth_geometry):
+            fields, geometry = fields_on_grid(fields, geometry, truth_geometry, frame_labels.shape[1:]), truth_geometry
         box = report["box"]
         box_geometry = crop_geometry(box["center_mm"], box["size"], box["spacing_mm"])
         region = box_region(geometry, fields.shape[1:4], box_geometry, box["size"])
