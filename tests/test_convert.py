@@ -665,3 +665,20 @@ def test_validation_rerenders_a_native_grid_patient_on_the_working_grid(tmp_path
     assert rows.loc["conversion_ok", "value"] == 1.0
     assert rows.loc["conversion_max_abs_error_hu", "value"] <= 0.5 + 1e-4
     assert rows.loc["origin_error_mm", "value"] < 1e-3
+
+
+def test_truth_maps_come_onto_the_working_grid():
+    """Validation takes a truth map onto the grid the outputs are on (nearest neighbour at the block centres);
+    on the truth's own grid (within DICOM's 1e-4 mm rounding) it is returned as it is."""
+    from ctp_steps.validation.truth import truth_in_reference_frame
+
+    g = Geometry((0.0, 0.0, 0.0), (0.5, 0.5, 2.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    labels = np.zeros((4, 8, 8), dtype=np.uint8)
+    labels[:, 2:6, 4:8] = 3
+    working = g.blocks((1, 2, 2))
+    onto = truth_in_reference_frame(labels, g, None, working, (4, 4, 4))
+    expected = np.zeros((4, 4, 4), dtype=np.uint8)
+    expected[:, 1:3, 2:4] = 3  # rows 2-5 and columns 4-7 hold the blocks 1-2 and 2-3
+    np.testing.assert_array_equal(onto, expected)
+    nudged = Geometry((5e-5, 0.0, 0.0), g.spacing, g.direction)
+    assert truth_in_reference_frame(labels, g, None, nudged, labels.shape) is labels

@@ -49,7 +49,8 @@ def imv_patient_metrics(truth_dir: Path, patient_dir: Path, imv_config_json: str
         return patient_rows(truth_dir, "imv", [("imv_ok", "all", 0.0)])
     cfg = IMVConfig.model_validate_json(imv_config_json)
     truth = read_json(truth_dir / "truth.json")
-    true_mbf, labels, true_aha, geometry = truth_maps(truth_dir, patient_dir)
+    own_mask, own_geometry = read_volume(patient_dir / file_name("myocardium"))  # the grid the outputs are on
+    true_mbf, labels, true_aha, geometry = truth_maps(truth_dir, patient_dir, own_geometry, own_mask.shape)
     true_myo = labels == MYOCARDIUM
     true_isch = true_myo & (true_mbf < truth["ischemia_threshold_mbf"])
     myo = read_volume(patient_dir / file_name("myocardium"))[0] > 0

@@ -68,8 +68,8 @@ def landmark_metrics(
         truth = landmarks_in_reference_frame(read_json(truth_dir / "truth.json")["landmarks"], motion)
         found = {n: v["world_mm"] for n, v in read_json(landmarks_json).items()}
         truth_aha, geometry = read_volume(truth_dir / "aha17.nii.gz")
-        truth_aha = truth_in_reference_frame(truth_aha, geometry, motion)
-        aha, _ = read_volume(aha_path)
+        aha, aha_geometry = read_volume(aha_path)
+        truth_aha = truth_in_reference_frame(truth_aha, geometry, motion, aha_geometry, aha.shape)
         rows = landmark_metric_values(truth, found, truth_aha, aha)
     else:
         rows = [("landmark_error_mm", n, np.nan) for n in NAMES]

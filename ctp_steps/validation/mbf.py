@@ -167,7 +167,8 @@ def mbf_patient_metrics(
         return patient_rows(truth_dir, "mbf", [("mbf_ok", "all", 0.0)]), pd.DataFrame(columns=SEGMENT_COLUMNS)
     cfg = MBFConfig.model_validate_json(mbf_config_json)
     truth = read_json(truth_dir / "truth.json")
-    true_mbf, labels, _, _ = truth_maps(truth_dir, patient_dir)
+    own_map, own_geometry = read_volume(patient_dir / file_name("mbf"))
+    true_mbf, labels, _, _ = truth_maps(truth_dir, patient_dir, own_geometry, own_map.shape)
     true_myo = labels == MYOCARDIUM
     true_segments = true_segment_mbf(truth)
     inputs = read_inputs(

@@ -22,7 +22,13 @@ import pandas as pd
 
 from ctp_steps.io import read_json, read_series, read_status, read_volume
 from ctp_steps.validation.rows import patient_rows
-from ctp_steps.validation.truth import AORTA, LV_BLOOD, MYOCARDIUM, truth_map_in_reference_frame
+from ctp_steps.validation.truth import (
+    AORTA,
+    LV_BLOOD,
+    MYOCARDIUM,
+    truth_in_reference_frame,
+    truth_map_in_reference_frame,
+)
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -39,8 +45,10 @@ def frames_metrics(truth_dir: Path, masks_path: Path, aif_path: Path, status_pat
         rows += [(m, n, np.nan) for n in names.values() for m in ("dice", "dice_min_frame")]
         rows += [("aif_peak_rel_error", "aif", np.nan), ("aif_rmse_hu", "aif", np.nan)]
         return patient_rows(truth_dir, stage, rows)
-    pred, _ = read_series(masks_path)
-    truth, _ = read_series(truth_dir / "frame_labels.nii.gz")
+    pred, pred_geometry = read_series(masks_path)
+    truth, truth_geometry = read_series(truth_dir / "frame_labels.nii.gz")
+    if truth.shape != pred.shape or not truth_geometry.allclose(pred_geometry):  # e.g. a working grid
+        truth = np.stack([truth_in_reference_frame(t, truth_geometry, None, pred_geometry, pred.shape[1:]) for t in truth])
     rows = [("segment_frames_ok", "all", 1.0)]
     for label, name in names.items():
         rows.append(("dice", name, dice(pred == label, truth == label)))
@@ -58,8 +66,8 @@ def myocardium_metrics(
     stage = "segment_myocardium"
     if read_status(status_path).status != "ok":
         return patient_rows(truth_dir, stage, [("segment_myocardium_ok", "all", 0.0), ("dice", "myocardium", np.nan)])
-    pred, _ = read_volume(mask_path)
-    truth, _ = truth_map_in_reference_frame(truth_dir, "labels", register_status)
+    pred, pred_geometry = read_volume(mask_path)
+    truth, _ = truth_map_in_reference_frame(truth_dir, "labels", register_status, pred_geometry, pred.shape)
     rows = [
         ("segment_myocardium_ok", "all", 1.0),
         ("dice", "myocardium", dice(pred == 1, truth == MYOCARDIUM)),

@@ -55,22 +55,32 @@ def true_field(motion_reference: dict, motion_frame: dict, points: np.ndarray) -
     return where_seen(motion_frame, points + motion_at(motion_reference, points)) - points
 
 
-def truth_in_reference_frame(volume: np.ndarray, geometry: Geometry, motion_reference: dict | None) -> np.ndarray:
-    """A truth map of the un-moved anatomy (labels, AHA, MBF; (z, y, x)) as the reference frame shows it.
+def truth_in_reference_frame(
+    volume: np.ndarray,
+    geometry: Geometry,
+    motion_reference: dict | None,
+    onto: Geometry | None = None,
+    onto_shape: tuple[int, int, int] | None = None,
+) -> np.ndarray:
+    """A truth map of the un-moved anatomy (labels, AHA, MBF; (z, y, x)) as the reference frame shows it,
+    on the grid `onto` (default: the truth's own; a working grid of whole-block means or another native grid
+    when the pipeline's outputs are there).
 
     Nearest neighbour for every map, so that a voxel's label, segment and MBF come from the same
     anatomy voxel (linear interpolation blended the myocardium's MBF with the zero outside it and
     made its rim falsely ischemic). `motion_reference` None (the oracle's un-moved reference)
-    returns the volume unchanged.
+    on the truth's own grid returns the volume unchanged.
     """
-    if motion_reference is None:
-        return volume
+    if onto is None or (tuple(onto_shape) == tuple(volume.shape) and onto.allclose(geometry)):
+        onto, onto_shape = geometry, volume.shape  # the same grid (DICOM rounds positions to 1e-4 mm)
+        if motion_reference is None:
+            return volume
     import torch
 
     from ctp_steps.registration.warp import sample_world, world_points
 
-    points = world_points(geometry, volume.shape, torch.device("cpu"), torch.float64).numpy()
-    anatomy = points + motion_at(motion_reference, points)
+    points = world_points(onto, tuple(onto_shape), torch.device("cpu"), torch.float64).numpy()
+    anatomy = points + motion_at(motion_reference, points) if motion_reference is not None else points
     vol = torch.as_tensor(np.ascontiguousarray(volume), dtype=torch.float64)[None, None]
     out = sample_world(vol, geometry, torch.as_tensor(anatomy)[None], mode="nearest")[0, 0].numpy()
     return out.astype(volume.dtype)
@@ -103,19 +113,27 @@ def reference_motion(truth_dir: Path, patient_dir: Path | None = None, status_pa
     return read_json(Path(truth_dir) / "truth.json")["motion"]["frames"][int(frame)]
 
 
-def truth_map_in_reference_frame(truth_dir: Path, name: str, register_status: Path | None) -> tuple[np.ndarray, Geometry]:
+def truth_map_in_reference_frame(
+    truth_dir: Path, name: str, register_status: Path | None, onto: Geometry | None = None,
+    onto_shape: tuple[int, int, int] | None = None,
+) -> tuple[np.ndarray, Geometry]:
     """A truth volume of the phantom (`labels`, `aha17`, `mbf`, ...: `<name>.nii.gz` in `truth_dir`) where the
-    registered series shows it: (map, geometry), by nearest neighbour (`truth_in_reference_frame`).
-    Unchanged when the register stage aligned to the un-moved anatomy (the oracle) or there is no status."""
+    registered series shows it, on the grid `onto` (default: the truth's): (map, its geometry), by nearest
+    neighbour (`truth_in_reference_frame`). Unchanged when the register stage aligned to the un-moved anatomy
+    (the oracle) or there is no status, on the truth's own grid."""
     volume, geometry = read_volume(Path(truth_dir) / f"{name}.nii.gz")
     motion = reference_motion(truth_dir, status_path=register_status) if register_status else None
-    return truth_in_reference_frame(volume, geometry, motion), geometry
+    if onto is not None and tuple(onto_shape) == tuple(volume.shape) and onto.allclose(geometry):
+        onto = None  # the same grid: the truth's geometry, exactly as before working grids existed
+    return truth_in_reference_frame(volume, geometry, motion, onto, onto_shape), onto or geometry
 
 
-def truth_maps(truth_dir: Path, patient_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, Geometry]:
-    """True MBF, labels and AHA segments as the registered series shows them, and their geometry."""
+def truth_maps(
+    truth_dir: Path, patient_dir: Path, onto: Geometry | None = None, onto_shape: tuple[int, int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Geometry]:
+    """True MBF, labels and AHA segments as the registered series shows them (on `onto`), and their geometry."""
     register_status = patient_dir / status_name("register")
-    mbf, geometry = truth_map_in_reference_frame(truth_dir, "mbf", register_status)
-    labels, _ = truth_map_in_reference_frame(truth_dir, "labels", register_status)
-    aha17, _ = truth_map_in_reference_frame(truth_dir, "aha17", register_status)
+    mbf, geometry = truth_map_in_reference_frame(truth_dir, "mbf", register_status, onto, onto_shape)
+    labels, _ = truth_map_in_reference_frame(truth_dir, "labels", register_status, onto, onto_shape)
+    aha17, _ = truth_map_in_reference_frame(truth_dir, "aha17", register_status, onto, onto_shape)
     return mbf, labels, aha17, geometry
