@@ -126,15 +126,5 @@ class StageStatus:
     reason: str | None = None
     record: dict = field(default_factory=dict)
 
-    def blocks(self, block_zyx: tuple[int, int, int]) -> "Geometry":
-        """The grid of whole blocks of (z, y, x) voxels: spacing times the block, first voxel at the centre
-        of the first block (what averaging or sampling at block centres produces)."""
-        factors = np.asarray(block_zyx[::-1], dtype=float)  # x, y, z
-        spacing = np.asarray(self.spacing)
-        shift = self.direction_matrix @ ((factors - 1) / 2 * spacing)
-        return Geometry(
-            tuple((np.asarray(self.origin) + shift).tolist()), tuple((spacing * factors).tolist()), self.direction
-        )
-
     def to_dict(self) -> dict:
         return asdict(self)
