@@ -56,7 +56,8 @@ def _train(args: argparse.Namespace) -> None:
 def _ship(args: argparse.Namespace) -> None:
     from ctp_steps.segmentation.ship import ship_model
 
-    entry = ship_model(args.name, Path(args.checkpoint), Path(args.report), _config(args))
+    generalisation = Path(args.generalisation).read_text() if args.generalisation else None
+    entry = ship_model(args.name, Path(args.checkpoint), Path(args.report), _config(args), generalisation=generalisation)
     print(json.dumps(entry, indent=2))
 
 
@@ -98,5 +99,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", help="model name, e.g. vbnet_frames")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--report", required=True)
+    p.add_argument("--generalisation", default="", help="Markdown with the measured in-distribution vs shifted figures")
     common(p)
     p.set_defaults(func=_ship)

@@ -58,8 +58,8 @@ def run(inputs: Inputs, outputs: Outputs, cfg: SegmentationConfig, ctx: Context)
                        classes={AORTA: "aorta", LV_BLOOD: "LV blood pool"},
                        frames=outside(aorta_ml, cfg.aorta_ml) + outside(lv_ml, cfg.lv_ml), title=ctx.title)
     try:
-        check_volume("aorta", aorta_ml, cfg.aorta_ml, str(inputs.series))
-        check_volume("LV blood pool", lv_ml, cfg.lv_ml, str(inputs.series))
+        check_volume("aorta", aorta_ml, cfg.aorta_ml, inputs.series.name)
+        check_volume("LV blood pool", lv_ml, cfg.lv_ml, inputs.series.name)
         aif = aorta_aif(series, labels, times, cfg.aif_erosion_voxels, cfg.aif_baseline_frames, str(inputs.series))
     except PatientInputError as exc:  # the excluded patient's figure shows the masks that failed
         exc.diagnostic = exc.diagnostic or overlays

@@ -45,7 +45,7 @@ def run(inputs: Inputs, outputs: Outputs, cfg: SegmentationConfig, ctx: Context)
     overlays = partial(plot_mask_overlays, images=average[None], labels=myocardium[None].astype(np.uint8),
                        geometry=geometry, classes={MYO_CLASS: "myocardium"}, title=ctx.title)
     try:
-        check_volume("myocardium", np.array([volume_ml]), cfg.myocardium_ml, str(inputs.average))
+        check_volume("myocardium", np.array([volume_ml]), cfg.myocardium_ml, inputs.average.name)
     except PatientInputError as exc:  # the excluded patient's figure shows the mask that failed
         exc.diagnostic = exc.diagnostic or overlays
         raise

@@ -49,8 +49,8 @@ def model_info(checkpoint: Path, report: dict, cfg: SegmentationConfig) -> dict:
             "crop_zyx": list(tcfg.crop_zyx),
             "learning_rate": tcfg.learning_rate,
             "loss": "cross-entropy + soft Dice (foreground classes)",
-            "augmentation": f"random crops ({tcfg.foreground_fraction:.0%} near foreground), rotation ±{tr.rotation_deg:g}°, "
-            f"scale {list(tr.scale)}, extra noise SD {list(tr.noise_sd_hu)} HU, gain 0.95-1.05, offset ±10 HU",
+            "augmentation": f"random crops ({tcfg.foreground_fraction:.0%} near foreground); domain randomisation "
+            f"(ctp_steps/segmentation/augment.py): {tr.augmentation.model_dump(mode='json')}",
             "cpu_s": report["train_cpu_s"],
             "wall_s": report["train_wall_s"],
             "threads": report["threads"],
@@ -62,6 +62,7 @@ def model_info(checkpoint: Path, report: dict, cfg: SegmentationConfig) -> dict:
             "train": {"role": "train", "n_patients": tr.n_patients, "root_seed": tr.seed},
             "validation": {"role": "validation", "n_patients": tr.n_validation_patients, "root_seed": tr.seed},
             "phantom_grid": {"shape_zyx": list(tr.phantom.shape_zyx), "spacing_zyx_mm": list(tr.phantom.spacing_zyx_mm)},
+            "phantom_changes": widened_phantom(tr.phantom),
             "disjoint_from": "seeds disjoint from the default cohort's (role `cohort`): make_specs spawns seeds per role",
         },
         "validation": {
@@ -76,6 +77,14 @@ def model_info(checkpoint: Path, report: dict, cfg: SegmentationConfig) -> dict:
         info["data"]["samples"] = "averages of random subsets (≥ 60 %) or all of a patient's aligned frames"
         info["data"]["alignment"] = ALIGNMENT_NOTE
     return info
+
+
+def widened_phantom(phantom) -> dict:
+    """The training phantom's settings that differ from the default cohort's (what the training distribution adds)."""
+    from ctp_steps.phantom.params import PhantomParams
+
+    default = PhantomParams().model_dump(mode="json")
+    return {k: v for k, v in phantom.model_dump(mode="json").items() if default.get(k) != v}
 
 
 def model_card(name: str, entry: dict) -> str:
@@ -103,6 +112,10 @@ def model_card(name: str, entry: dict) -> str:
         f"`validation` (root seed {d['train']['root_seed']}; {d['disjoint_from']}); grid {d['phantom_grid']['shape_zyx']} "
         f"at {d['phantom_grid']['spacing_zyx_mm']} mm; samples: {d['samples']}.",
     ]
+    if d.get("phantom_changes"):
+        lines += ["", "Training distribution: the default phantom with "
+                  + ", ".join(f"`{k}` {v}" for k, v in d["phantom_changes"].items())
+                  + " (ctp_steps.segmentation.config.randomised_training_phantom says why each)."]
     if "alignment" in d:
         lines += ["", f"**Alignment.** {d['alignment']}"]
     lines += [
@@ -116,6 +129,10 @@ def model_card(name: str, entry: dict) -> str:
         "",
         "The held-out figures of the default cohort come from `snakemake validate` (results/validation/summary.parquet).",
         "",
+    ]
+    if entry.get("generalisation"):
+        lines += ["## Generalisation (in distribution vs the shifted phantom family)", "", entry["generalisation"], ""]
+    lines += [
         "## Limits",
         "Trained on the synthetic phantom only; not validated on patient data.",
         "",
@@ -123,13 +140,18 @@ def model_card(name: str, entry: dict) -> str:
     return "\n".join(lines)
 
 
-def ship_model(name: str, checkpoint: Path, report_path: Path, cfg: SegmentationConfig, models_dir: Path = MODELS_DIR) -> dict:
+def ship_model(name: str, checkpoint: Path, report_path: Path, cfg: SegmentationConfig, models_dir: Path = MODELS_DIR,
+               generalisation: str | None = None) -> dict:
+    """Copy, register, write the card; `generalisation` is a measured Markdown table (with its command) for the card."""
     report = read_json(report_path)
     target = models_dir / f"{name}.pt"
     if not (target.exists() and sha256_of(target) == sha256_of(checkpoint)):  # same bytes: keep the mtime, no reruns
         with atomic_path(target) as tmp:
             shutil.copyfile(checkpoint, tmp)
-    entry = register_model(name, target, model_info(target, report, cfg), manifest=models_dir / "manifest.json")
+    info = model_info(target, report, cfg)
+    if generalisation:
+        info["generalisation"] = generalisation
+    entry = register_model(name, target, info, manifest=models_dir / "manifest.json")
     with atomic_path(models_dir / f"{name}.md") as tmp:
         tmp.write_text(model_card(name, entry))
     return entry

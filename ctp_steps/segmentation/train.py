@@ -9,8 +9,8 @@ Tasks:
   sample averages a random subset of the frames (at least 60 %), so the model
   sees a range of noise and enhancement levels.
 
-Random crops (mostly centred on a foreground voxel), small rotations and
-scalings (in physical space), extra Gaussian noise and a small HU gain/offset;
+Random crops (mostly centred on a foreground voxel), domain-randomised
+(`augment.py`: pose and size, contrast, sharpness, noise);
 loss = cross-entropy + soft Dice of the foreground classes; AdamW with a
 one-cycle schedule. Deterministic given the seed (CPU). The checkpoint kept is
 the one with the best validation Dice (evaluated on whole volumes of the
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ctp_steps.segmentation.augment import augment_gamma, augment_hu, random_affine
 from ctp_steps.segmentation.config import SegmentationConfig, TaskTraining
 from ctp_steps.segmentation.data import read_case
 from ctp_steps.segmentation.infer import LoadedModel, predict
@@ -87,33 +88,19 @@ def draw_sample(case: Case, task: str, rng: np.random.Generator) -> tuple[np.nda
     return case.images[subset].mean(axis=0, dtype=np.float32)[None], case.labels[0], 0
 
 
-def crop_box(shape, size, centre) -> tuple[slice, ...]:
-    starts = [int(np.clip(c - s // 2, 0, max(n - s, 0))) for n, s, c in zip(shape, size, centre)]
-    return tuple(slice(a, a + s) for a, s in zip(starts, size))
+def centred_crop(volume: np.ndarray, centre, size) -> np.ndarray:
+    """The last three axes cropped to `size` around `centre`, edge values where the crop leaves the volume.
 
-
-def padded_crop(volume: np.ndarray, box: tuple[slice, ...], size) -> np.ndarray:
-    """Crop the last three axes; pad with edge values where the volume is smaller than the crop."""
-    out = volume[(...,) + box]
-    pad = [(0, s - n) for s, n in zip(size, out.shape[-3:])]
-    if any(p[1] for p in pad):
+    Centred (not shifted back inside the volume): the affine that follows rotates and zooms about the crop's
+    centre, which must stay where the sample was aimed."""
+    starts = [int(c) - s // 2 for c, s in zip(centre, size)]
+    shape = volume.shape[-3:]
+    inner = tuple(slice(max(a, 0), min(a + s, n)) for a, s, n in zip(starts, size, shape))
+    pad = [(max(-a, 0), max(a + s - n, 0)) for a, s, n in zip(starts, size, shape)]
+    out = volume[(...,) + inner]
+    if any(lo or hi for lo, hi in pad):
         out = np.pad(out, [(0, 0)] * (out.ndim - 3) + pad, mode="edge")
     return out
-
-
-def random_affine(rng: np.random.Generator, max_deg: float, scale: tuple[float, float], extent_mm: np.ndarray) -> np.ndarray:
-    """3x3 matrix acting on grid_sample coordinates (x, y, z in [-1, 1]): a physical rotation and scaling."""
-    angles = np.radians(rng.uniform(-max_deg, max_deg, size=3))
-    rot = np.eye(3)
-    for axis, a in enumerate(angles):
-        c, s = math.cos(a), math.sin(a)
-        i, j = [k for k in range(3) if k != axis]
-        r = np.eye(3)
-        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-        rot = r @ rot
-    m = rot / rng.uniform(*scale)
-    half = extent_mm / 2  # physical half-extent per normalised axis (x, y, z)
-    return np.diag(1 / half) @ m @ np.diag(half)
 
 
 class Sampler:
@@ -124,10 +111,13 @@ class Sampler:
         self.spacing = np.asarray(spacing_zyx, dtype=float)
         self.rng = np.random.default_rng(seed)
         self.size = np.asarray(tcfg.crop_zyx)
-        self.big = (np.ceil(self.size * 1.3 / 2) * 2).astype(int)  # room for rotation without borders
+        # room for rotation and zooming out without borders: the largest reach of the affine, rounded to even
+        aug = cfg.training.augmentation
+        reach = (1 + math.sin(math.radians(min(aug.rotation_deg, 45.0)))) / (aug.scale[0] * (1 - aug.stretch))
+        self.big = (np.ceil(self.size * float(np.clip(reach, 1.3, 2.5)) / 2) * 2).astype(int)
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        tr = self.cfg.training
+        aug = self.cfg.training.augmentation
         images, labels, thetas = [], [], []
         for _ in range(self.tcfg.batch_size):
             case = self.cases[int(self.rng.integers(len(self.cases)))]
@@ -138,19 +128,17 @@ class Sampler:
                 centre = centre + self.rng.integers(-self.size // 4, self.size // 4 + 1)
             else:
                 centre = np.array([self.rng.integers(n) for n in label.shape])
-            box = crop_box(label.shape, self.big, centre)
-            image = padded_crop(image, box, self.big)
-            image = image * self.rng.uniform(0.95, 1.05) + self.rng.uniform(-10, 10)
-            image = image + self.rng.normal(0, self.rng.uniform(*tr.noise_sd_hu), size=image.shape)
-            images.append(image.astype(np.float32))
-            labels.append(padded_crop(label, box, self.big))
-            a = random_affine(self.rng, tr.rotation_deg, tr.scale, (self.size * self.spacing)[::-1])
+            images.append(centred_crop(image, centre, self.big).astype(np.float32))
+            labels.append(centred_crop(label, centre, self.big))
+            a = random_affine(self.rng, aug, (self.size * self.spacing)[::-1])
             thetas.append(np.diag((self.size / self.big)[::-1]) @ a)
-        x = normalize_hu(torch.from_numpy(np.stack(images)), self.cfg.network.hu_window)
         y = torch.from_numpy(np.stack(labels)[:, None].astype(np.float32))
         theta = torch.from_numpy(np.stack([np.hstack([t, np.zeros((3, 1))]) for t in thetas]).astype(np.float32))
         grid = F.affine_grid(theta, [len(thetas), 1, *self.size.tolist()], align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        # pose first (on HU, edges replicated), then what the scanner does to the posed anatomy
+        x = F.grid_sample(torch.from_numpy(np.stack(images)), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        x = torch.stack([augment_hu(v, self.rng, aug) for v in x])
+        x = torch.stack([augment_gamma(v, self.rng, aug) for v in normalize_hu(x, self.cfg.network.hu_window)])
         y = F.grid_sample(y, grid, mode="nearest", padding_mode="border", align_corners=False)
         return x, y[:, 0].round().long()
 
