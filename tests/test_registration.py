@@ -548,3 +548,26 @@ def test_validation_takes_coarse_fields_onto_the_truth_grid():
     inner = (slice(1, 11), slice(2, 18), slice(2, 18))
     assert fine.shape == (2, *shape, 3)
     assert np.abs(fine[0][inner] - exact[inner]).max() < 1e-4 and np.abs(fine[1][inner] - 2 * exact[inner]).max() < 1e-4
+
+
+def test_classical_registration_of_fine_grids_runs_on_the_box_grid():
+    """Sub-millimetre studies are registered on the box's own grid: a linear ramp resampled onto the box keeps its
+    values (anti-aliasing does not bias a linear function), masks stay binary, coarse grids are left as they are."""
+    import SimpleITK as sitk
+
+    from ctp_steps.registration.baseline import _image, finer_than_box, onto_box
+
+    box = Geometry((-20.0, -20.0, -20.0), (2.5, 2.5, 2.5), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    fine = Geometry((-30.0, -30.0, -30.0), (0.7, 0.7, 2.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    assert finer_than_box(fine, box) and not finer_than_box(Geometry(fine.origin, (2.5, 2.5, 3.0), fine.direction), box)
+    shape = (30, 86, 86)  # z, y, x: 60 mm along each axis
+    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(shape, fine.spacing[::-1])), indexing="ij")
+    ramp = (3.0 * x - 2.0 * y + 1.0 * z).astype(np.float32)
+    out = onto_box(_image(ramp, fine, sitk.sitkFloat32), box, 16)
+    assert out.GetSize() == (16, 16, 16) and out.GetSpacing() == pytest.approx((2.5, 2.5, 2.5))
+    values = sitk.GetArrayFromImage(out)
+    bz, by, bx = np.meshgrid(*(np.arange(16) * 2.5 + 10.0 for _ in range(3)), indexing="ij")  # box centres in `fine` mm
+    inner = (slice(2, -2),) * 3
+    np.testing.assert_allclose(values[inner], (3.0 * bx - 2.0 * by + 1.0 * bz)[inner], atol=0.05)
+    mask = onto_box(_image((ramp > 50).astype(np.uint8), fine), box, 16, labels=True)
+    assert set(np.unique(sitk.GetArrayFromImage(mask))) == {0, 1}
