@@ -149,6 +149,27 @@ def test_train_model_writes_checkpoint_and_report(tiny_cases, tmp_path):
     assert net.kwargs["in_channels"] == 2
 
 
+def test_shipped_card_states_the_training_distribution_and_generalisation(tiny_cases, tmp_path):
+    """The model card names what the training phantom widens and carries the measured family comparison."""
+    from ctp_steps.io import write_json
+    from ctp_steps.segmentation.ship import ship_model, widened_phantom
+    from ctp_steps.segmentation.train import train_model
+
+    cfg = _tiny_cfg(validate_every=2)
+    report = train_model("myocardium", tiny_cases[:1], tiny_cases[1:], cfg, tmp_path / "m.pt", steps=2, progress=False)
+    write_json(tmp_path / "report.json", report)
+    models = tmp_path / "models"
+    models.mkdir()
+    table = "| family | checkpoint | patients | dice myocardium |\n| --- | --- | --- | --- |\n| shifted | new | 4 | 0.910 |\n"
+    entry = ship_model("vbnet_myocardium", tmp_path / "m.pt", tmp_path / "report.json", cfg, models, generalisation=table)
+    card = (models / "vbnet_myocardium.md").read_text()
+    widened = widened_phantom(cfg.training.phantom)
+    assert widened["lv_axis_tilt_max_deg"] == 25.0 and widened["noise_sd_hu"] == [5.0, 40.0]
+    assert "`lv_axis_tilt_max_deg` 25.0" in card and "| shifted | new | 4 | 0.910 |" in card
+    assert "'rotation_deg': 30.0" in card and entry["data"]["phantom_changes"] == widened
+    assert read_manifest(models / "manifest.json")["vbnet_myocardium"]["generalisation"] == table
+
+
 # ---------------------------------------------------------------- inference, checksums, empty masks
 
 
