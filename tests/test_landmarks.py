@@ -279,3 +279,20 @@ def test_stage_in_the_workflow_with_shipped_weights(tmp_path):
         err = metrics[metrics["metric"] == "landmark_error_mm"].set_index("target")["value"]
         assert set(err.index) == {"apex", "base", "rv_insertion"}
         assert (err < 15.0).all(), err  # the tiny grid has 5-6 mm voxels
+
+
+def test_randomised_training_anatomy_is_the_wider_phantom():
+    """Landmark training cases come from the shared wider training phantom unless `anatomy: default`."""
+    from ctp_steps.landmarks.config import LandmarkGridConfig, LandmarkTrainingConfig
+    from ctp_steps.landmarks.data import make_cases
+    from ctp_steps.phantom.params import PhantomParams, randomised_training_phantom
+
+    assert LandmarkTrainingConfig().anatomy == "randomised"
+    wide, narrow = randomised_training_phantom(), PhantomParams()
+    assert wide.lv_axis_tilt_max_deg > narrow.lv_axis_tilt_max_deg and wide.wall_thickness_mm[1] > narrow.wall_thickness_mm[1]
+    grid = [LandmarkGridConfig(shape_zyx=(24, 48, 48), spacing_zyx_mm=(5.0, 4.0, 4.0))]
+    (a,), (b,) = make_cases(1, "test", 3, grid, anatomy="randomised"), make_cases(1, "test", 3, grid, anatomy="default")
+    assert a.image.shape == b.image.shape == (24, 48, 48) and not np.array_equal(a.image, b.image)
+    for case in (a, b):  # landmarks inside the field of view, the mask non-empty
+        idx = np.array([case.geometry.world_to_index(p) for p in case.landmarks])
+        assert np.all(idx > -0.5) and np.all(idx < np.array([48, 48, 24]) - 0.5) and case.mask.sum() > 0

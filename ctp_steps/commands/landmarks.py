@@ -22,13 +22,14 @@ def _data(args: argparse.Namespace) -> None:
     from ctp_steps.landmarks.data import make_case, save_case, training_plan
 
     torch.set_num_threads(args.threads)
-    plan = training_plan(_training_config(args.config_json))
+    cfg = _training_config(args.config_json)
+    plan = training_plan(cfg)
     unknown = sorted(set(args.cases) - set(plan))
     if unknown:
         raise SystemExit(f"cases not in the training plan: {unknown}")
     for case_id in args.cases:
         spec, grid = plan[case_id]
-        save_case(Path(args.out_dir) / f"{case_id}.npz", make_case(spec, grid, args.apex_cap_fraction))
+        save_case(Path(args.out_dir) / f"{case_id}.npz", make_case(spec, grid, args.apex_cap_fraction, cfg.anatomy))
         log.info("case %s on grid %s written", case_id, grid.shape_zyx)
 
 
@@ -46,7 +47,13 @@ def _train(args: argparse.Namespace) -> None:
     torch.set_num_threads(cfg.threads)
     device = resolve_device(args.device)
     train_cases, val_cases = [load_case(p) for p in args.train], [load_case(p) for p in args.val]
-    net, meta = train(cfg, train_cases, val_cases, device, steps=args.steps)
+    init = None
+    if args.init:
+        from ctp_steps.landmarks.net import load_checkpoint
+
+        init, _ = load_checkpoint(args.init)
+    net, meta = train(cfg, train_cases, val_cases, device, steps=args.steps, init=init)
+    meta["training"]["init"] = args.init or None
     final = evaluate(LandmarkDetector(net, meta, device), val_cases, args.apex_cap_fraction).summary()
     meta["validation"] = final
     meta["training_config"] = json.loads(cfg.model_dump_json())
@@ -116,6 +123,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--apex-cap-fraction", type=float, default=0.1)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--steps", type=int, help="override the configured number of steps")
+    p.add_argument("--init", default="", help="start from this checkpoint (same architecture)")
     p.add_argument("--out", required=True, help="checkpoint (.pt)")
     p.add_argument("--metrics", required=True, help="validation + training record (.json)")
     p.set_defaults(func=_train)

@@ -48,6 +48,20 @@ class LandmarkTrainingConfig(BaseModel):
         min_length=1,
         description="Phantom grids of the training patients (validation uses the first).",
     )
+    anatomy: Literal["randomised", "default"] = Field(
+        "randomised",
+        description="Training phantom: `randomised` = ctp_steps.phantom.params.randomised_training_phantom (long axis "
+        "±25°, LV size and wall, noise, contrast widened), `default` = the default cohort's phantom (the first "
+        "shipped net).",
+    )
+    rotation_deg: float = Field(
+        30.0, ge=0, le=90, description="Largest random rotation of a training crop about a random axis "
+        "(nnU-Net's 3-D default; 12 for the first shipped net)."
+    )
+    size_jitter: float = Field(0.15, ge=0, lt=0.5, description="Crop side scaled by 1 ± this (0.10 for the first net).")
+    contrast_gain: tuple[float, float] = Field(
+        (0.7, 1.4), description="Factor on HU − 40 of a training crop (tube voltage, bolus; 0.9–1.1 on all HU for the first net)."
+    )
     steps: int = Field(400, ge=1, description="Optimiser steps.")
     batch_size: int = Field(4, ge=1, description="Crops per step.")
     learning_rate: float = Field(3e-3, gt=0, description="Peak Adam learning rate (one-cycle schedule).")

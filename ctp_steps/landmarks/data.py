@@ -67,21 +67,25 @@ def training_plan(cfg) -> dict[str, tuple]:
     return plan
 
 
-def make_case(spec, grid, apex_cap_fraction: float | None = None) -> Case:
+def make_case(spec, grid, apex_cap_fraction: float | None = None, anatomy: str = "default") -> Case:
+    """A case on `grid`; `anatomy` "randomised" draws from the wider training phantom (phantom/params.py)."""
     from ctp_steps.phantom import PhantomParams
+    from ctp_steps.phantom.params import randomised_training_phantom
 
     update = {"shape_zyx": tuple(grid.shape_zyx), "spacing_zyx_mm": tuple(grid.spacing_zyx_mm)}
     if apex_cap_fraction is not None:
         update["apex_cap_fraction"] = apex_cap_fraction
-    return phantom_case(spec, PhantomParams(**update))
+    base = randomised_training_phantom() if anatomy == "randomised" else PhantomParams()
+    return phantom_case(spec, base.model_copy(update=update))
 
 
-def make_cases(n: int, role: str, seed: int, grids: list, apex_cap_fraction: float | None = None) -> list[Case]:
+def make_cases(n: int, role: str, seed: int, grids: list, apex_cap_fraction: float | None = None,
+               anatomy: str = "default") -> list[Case]:
     """n phantom cases of `role` on grids[i % len(grids)] (small sets for tests and experiments)."""
     from ctp_steps.phantom import make_specs
 
     specs = make_specs(n, [("LMK", "series_per_frame")], seed, role=role)
-    return [make_case(s, grids[i % len(grids)], apex_cap_fraction) for i, s in enumerate(specs)]
+    return [make_case(s, grids[i % len(grids)], apex_cap_fraction, anatomy) for i, s in enumerate(specs)]
 
 
 def save_case(path: str | Path, case: Case) -> None:

@@ -1,9 +1,10 @@
 """Training of the landmark net on phantom cases (the `train` target; never part of a normal run).
 
 Each step draws `batch_size` random training cases and crops them with random
-augmentation: the crop cube is shifted (±8 mm), scaled (±10 %) and rotated
-(up to 12°) about the myocardium box, the myocardium mask is sometimes eroded
-or dilated by one voxel (segmentation error), HU get a random gain, offset,
+augmentation: the crop cube is shifted (±8 mm), scaled (`size_jitter`) and
+rotated (up to `rotation_deg` about a random axis) about the myocardium box, the
+myocardium mask is sometimes eroded or dilated by one voxel (segmentation
+error), HU get a contrast gain about soft tissue (`contrast_gain`), an offset,
 blur and noise. Targets are Gaussian kernels at the true landmarks in crop
 voxels (`heatmaps`). Every `val_every` steps the validation cases are detected
 exactly as the stage does (`infer.LandmarkDetector`); the weights with the
@@ -27,10 +28,11 @@ from ctp_steps.landmarks.data import LANDMARKS, Case
 from ctp_steps.landmarks.heatmaps import gaussian_targets, heatmap_loss
 from ctp_steps.landmarks.infer import LandmarkDetector
 from ctp_steps.landmarks.net import LandmarkNet
+from ctp_steps.segmentation.augment import SOFT_TISSUE_HU
 
 log = logging.getLogger(__name__)
 
-SHIFT_MM, SCALE, ROTATE_DEG = 8.0, 0.10, 12.0
+SHIFT_MM = 8.0
 
 
 def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
@@ -52,15 +54,15 @@ def training_sample(
     image, mask = case.image, case.mask
     if augment:
         center = center + rng.uniform(-SHIFT_MM, SHIFT_MM, size=3)
-        side *= rng.uniform(1 - SCALE, 1 + SCALE)
-        direction = _rotation(rng, ROTATE_DEG) @ direction
+        side *= rng.uniform(1 - cfg.size_jitter, 1 + cfg.size_jitter)
+        direction = _rotation(rng, cfg.rotation_deg) @ direction
         op = rng.choice(["none", "erode", "dilate"], p=[0.6, 0.2, 0.2])
         if op == "erode":
             eroded = ndimage.binary_erosion(mask)
             mask = eroded.astype(np.uint8) if eroded.any() else mask
         elif op == "dilate":
             mask = ndimage.binary_dilation(mask).astype(np.uint8)
-        image = image * rng.uniform(0.9, 1.1) + rng.uniform(-20.0, 20.0)
+        image = SOFT_TISSUE_HU + rng.uniform(*cfg.contrast_gain) * (image - SOFT_TISSUE_HU) + rng.uniform(-20.0, 20.0)
     crop = crop_geometry(center, side, size, direction)
     x = crop_channels(image, mask, case.geometry, crop, size, cfg.input_mask)
     if augment:
@@ -124,13 +126,19 @@ def train(
     device: torch.device,
     steps: int | None = None,
     log_every: int = 25,
+    init: LandmarkNet | None = None,
 ) -> tuple[LandmarkNet, dict]:
-    """Train; return the best network (by validation mean landmark error) and the training record."""
+    """Train; return the best network (by validation mean landmark error) and the training record.
+
+    `init`: start from these weights (same architecture) instead of random ones."""
     steps = steps or cfg.steps
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     net = LandmarkNet(in_channels=1 + int(cfg.input_mask), n_landmarks=len(LANDMARKS), width=cfg.width,
-                       head_channels=cfg.head_channels).to(device)
+                       head_channels=cfg.head_channels)
+    if init is not None:
+        net.load_state_dict(init.state_dict())
+    net = net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.learning_rate, total_steps=steps, pct_start=0.15)
     meta = checkpoint_meta(cfg)

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ctp_steps.phantom.params import PhantomParams
+from ctp_steps.phantom.params import PhantomParams, randomised_training_phantom
 
 # The study's published VB-Net widths (input block, down1..down4).
 PUBLISHED_WIDTHS = (16, 32, 64, 128, 256)
@@ -103,25 +103,6 @@ class AugmentationConfig(Strict):
         if self.scale[0] <= 0 or self.low_resolution_zoom[0] <= 0:
             raise ValueError("scale and low_resolution_zoom must be positive")
         return self
-
-
-def randomised_training_phantom() -> PhantomParams:
-    """The default phantom with the anatomy, noise, contrast and motion widened to what scanners and patients
-    show (issue 18's training distribution; the default cohort is one corner of it).
-
-    Long axis ±25° around the mean; image noise 5–40 HU; tube voltages 70–120 kVp; rigid motion ±6 mm;
-    LV size ×0.8–1.25 and wall 6–15 mm (normal adult walls ~6–11 mm, hypertrophy from ~13 mm; dilated
-    cavities ~20 % above normal); aortic peaks 250–800 HU (iodine's HU per mg/mL rises ~1.6× from 120 to
-    70–80 kVp around typical 300–600 HU first-pass peaks)."""
-    return PhantomParams(
-        lv_axis_tilt_max_deg=25.0,
-        noise_sd_hu=(5.0, 40.0),
-        kvp_choices=(70.0, 80.0, 100.0, 120.0),
-        rigid_shift_max_mm=6.0,
-        lv_scale=(0.8, 1.25),
-        wall_thickness_mm=(6.0, 15.0),
-        aif_peak_hu=(250.0, 800.0),
-    )
 
 
 class TaskTraining(Strict):

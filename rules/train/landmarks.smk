@@ -10,7 +10,7 @@ LANDMARK_TRAINING = CFG.landmarks.training
 LANDMARK_TRAIN_DIR = f"{RESULTS}/training/landmark_net"
 LANDMARK_CASES = sorted(training_plan(LANDMARK_TRAINING))
 # Only what changes the cases: new steps, widths or crops do not regenerate the phantoms.
-LANDMARK_DATA_CONFIG = LANDMARK_TRAINING.model_dump_json(include={"train_patients", "val_patients", "seed", "grids"})
+LANDMARK_DATA_CONFIG = LANDMARK_TRAINING.model_dump_json(include={"train_patients", "val_patients", "seed", "grids", "anatomy"})
 
 
 rule landmark_training_case:
