@@ -53,7 +53,7 @@ def _train(args: argparse.Namespace) -> None:
 
         init, _ = load_checkpoint(args.init)
     net, meta = train(cfg, train_cases, val_cases, device, steps=args.steps, init=init)
-    meta["training"]["init"] = args.init or None
+    meta["training"]["init"] = Path(args.init).name if args.init else None  # a file name, not a machine's path
     final = evaluate(LandmarkDetector(net, meta, device), val_cases, args.apex_cap_fraction).summary()
     meta["validation"] = final
     meta["training_config"] = json.loads(cfg.model_dump_json())
@@ -82,14 +82,17 @@ def _ship(args: argparse.Namespace) -> None:
         "dtype": "float16 weights (loaded as float32)",
         "preprocessing": {k: meta[k] for k in ("landmarks", "crop_size", "crop_margin_mm", "input_mask",
                                               "heatmap_sigma_vox", "decode_radius_vox", "input_channels")},
-        "training_command": "snakemake --cores 2 train; ctp-steps landmarks-ship "
+        "training_command": metrics.get("command") or "snakemake --cores 2 train; ctp-steps landmarks-ship "
         "--weights results/training/landmark_net/landmark_net.pt --metrics results/training/landmark_net/metrics.json",
         "data": "phantom patients, roles train/validation (seeds disjoint from the cohort), motion-free frame averages; "
-        + json.dumps({k: meta.get("training_config", {}).get(k) for k in ("train_patients", "val_patients", "seed", "grids")}),
+        + json.dumps({k: meta.get("training_config", {}).get(k) for k in
+                      ("train_patients", "val_patients", "seed", "grids", "anatomy", "rotation_deg", "size_jitter",
+                       "contrast_gain")}),
         "validation": metrics.get("validation", meta.get("validation", {})),
         "training": {
             k: training.get(k)
-            for k in ("train_seconds", "train_cpu_seconds", "threads", "steps", "best_step", "loss_first", "loss_last", "device")
+            for k in ("train_seconds", "train_cpu_seconds", "threads", "steps", "best_step", "loss_first", "loss_last", "device",
+                      "init")
         },
     }
     entry = register_model(args.name, dest, info)

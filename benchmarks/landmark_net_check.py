@@ -1,0 +1,75 @@
+"""Landmark net(s) on the registered averages and myocardium masks of finished runs, against the phantom's truth.
+
+Isolates the heatmap net from the stage's fallback and exclusion rules: each checkpoint detects apex, base
+and RV insertion on the same `average.nii.gz` + `myocardium.nii.gz` of finished runs (e.g. `validate` runs
+with `stages.registration: oracle`, whose averages sit on the un-moved anatomy, so the truth landmarks
+apply as they are); errors in mm and the confidences the stage would test.
+
+    python benchmarks/landmark_net_check.py --runs default=/tmp/d/results shifted=/tmp/s/results \
+        --checkpoints first=old.pt randomised=models/landmark_net.pt --markdown table.md
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ctp_steps.io import read_json, read_status, read_volume
+from ctp_steps.landmarks.infer import LandmarkDetector
+
+
+def oracle_aligned(patient: Path) -> bool:
+    """True when the run's registration aligned to the un-moved anatomy (the truth landmarks apply as they are)."""
+    status = patient / "register.status.json"
+    return status.is_file() and read_status(status).record.get("registration_reference_frame") is None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", nargs="+", required=True, help="family=results_dir of finished runs (oracle registration)")
+    ap.add_argument("--checkpoints", nargs="+", required=True, help="name=checkpoint.pt")
+    ap.add_argument("--markdown", default=None, help="the summary as a Markdown table")
+    args = ap.parse_args()
+    rows = []
+    for spec in args.checkpoints:
+        name, path = spec.split("=", 1)
+        detector = LandmarkDetector.from_checkpoint(path, torch.device("cpu"))
+        for run in args.runs:
+            family, results = run.split("=", 1)
+            root = Path(results)
+            for mask_path in sorted((root / "patients").glob("*/*/myocardium.nii.gz")):
+                patient = mask_path.parent
+                if mask_path.stat().st_size == 0 or not oracle_aligned(patient):
+                    continue
+                rel = patient.relative_to(root / "patients")
+                average, geometry = read_volume(patient / "average.nii.gz")
+                mask, _ = read_volume(mask_path)
+                truth = read_json(root / "synthetic" / "truth" / rel / "truth.json")["landmarks"]
+                det = detector.detect(average.astype(np.float32), mask > 0, geometry)
+                row = {"checkpoint": name, "family": family, "patient": str(rel)}
+                for i, landmark in enumerate(det.names):
+                    row[f"{landmark}_mm"] = float(np.linalg.norm(det.world_mm[i] - np.asarray(truth[landmark])))
+                    row[f"{landmark}_conf"] = float(det.confidence[i])
+                rows.append(row)
+    table = pd.DataFrame(rows)
+    errors = [c for c in table.columns if c.endswith("_mm")]
+    summary = table.groupby(["family", "checkpoint"]).agg(
+        patients=("patient", "size"), **{c: (c, "mean") for c in errors}, **{f"{c}_max": (c, "max") for c in errors},
+        min_confidence=("apex_conf", lambda s: float(table.loc[s.index, [c for c in table.columns if c.endswith("_conf")]].min(axis=1).min())),
+    )
+    print(summary.round(2).to_string())
+    if args.markdown:
+        lines = ["| family | checkpoint | patients | apex mm (max) | base mm (max) | RV insertion mm (max) | lowest confidence |",
+                 "| --- | --- | --- | --- | --- | --- | --- |"]
+        for (f, c), r in summary.iterrows():
+            cells = [f"{r[e]:.1f} ({r[e + '_max']:.1f})" for e in ("apex_mm", "base_mm", "rv_insertion_mm")]
+            lines.append(f"| {f} | {c} | {int(r.patients)} | " + " | ".join(cells) + f" | {r.min_confidence:.2f} |")
+        Path(args.markdown).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
