@@ -351,6 +351,25 @@ def test_validation_metrics_exact_field_and_translation(tiny_patient):
     assert rows[("lv_dice_after", "lv")] >= rows[("lv_dice_before", "lv")]
 
 
+def test_exact_field_near_the_lv_moves_the_lv_like_the_whole_grid_field(tiny_patient):
+    """The validation's exact-field ceiling is computed only within reach of the LV: the same LV, every frame."""
+    from ctp_steps.validation.registration import displacement_bound_mm, exact_field_near
+    from ctp_steps.validation.truth import LV_BLOOD, N_TRUTH_LABELS, motion_at, true_field
+
+    g, labels = tiny_patient.geometry, tiny_patient.frame_labels
+    motion = tiny_patient.truth["motion"]["frames"]
+    points = W.world_points(g, labels.shape[1:], dtype=torch.float64).numpy()
+    assert np.linalg.norm(motion_at(motion[2], points), axis=-1).max() <= displacement_bound_mm(motion[2]) + 1e-9
+    ref, lv_ref = 4, labels[4] == LV_BLOOD
+    for k in (0, 2, 7):
+        lk = torch.as_tensor(labels[k].astype(np.int64))[None]
+        whole = true_field(motion[ref], motion[k], points).astype(np.float32)
+        near = exact_field_near((labels[k] == LV_BLOOD) | lv_ref, motion[ref], motion[k], points, g.spacing[::-1])
+        assert np.any(near == 0) or labels.shape[1] < 8  # zero somewhere unless the box covers the grid
+        lv = [W.warp_labels(lk, torch.as_tensor(f)[None], g, N_TRUTH_LABELS)[0].numpy() == LV_BLOOD for f in (whole, near)]
+        np.testing.assert_array_equal(lv[0], lv[1])
+
+
 def test_truth_in_reference_frame_matches_the_phantom_frame_labels(tiny_patient):
     from ctp_steps.validation.truth import truth_in_reference_frame
 

@@ -35,6 +35,32 @@ def sample_field(field: np.ndarray, geometry: Geometry, points: np.ndarray) -> n
     return sample_world(f, geometry, p)[0, :, :, 0, 0].T.numpy()
 
 
+def displacement_bound_mm(motion: dict) -> float:
+    """An upper bound of |u(p)| of the phantom's closed-form motion: |translation| + Σ |mode vector|."""
+    return float(np.linalg.norm(motion["translation_mm"]) + sum(np.linalg.norm(m["vector_mm"]) for m in motion["modes"]))
+
+
+def exact_field_near(
+    mask: np.ndarray, motion_reference: dict, motion_frame: dict, points_grid: np.ndarray, spacing_zyx
+) -> np.ndarray:
+    """The exact field (z, y, x, 3) inside the box around `mask` grown by the largest displacement, zero outside.
+
+    Only points within that reach of the frame's LV can be carried into it, so the LV of a warp by this field
+    equals the LV of a warp by the whole-grid field, for a fraction of its cost on fine grids (the exact field
+    is 30 fixed-point iterations per point)."""
+    reach_mm = displacement_bound_mm(motion_reference) + displacement_bound_mm(motion_frame)
+    out = np.zeros(points_grid.shape, dtype=np.float32)
+    where = np.argwhere(mask)
+    if where.size == 0:
+        return out
+    margin = np.ceil(reach_mm / np.asarray(spacing_zyx, dtype=float)).astype(int) + 2
+    lo = np.maximum(where.min(axis=0) - margin, 0)
+    hi = np.minimum(where.max(axis=0) + margin + 1, mask.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    out[box] = true_field(motion_reference, motion_frame, points_grid[box])
+    return out
+
+
 def metrics_from_arrays(
     fields: np.ndarray,
     geometry: Geometry,
@@ -68,7 +94,8 @@ def metrics_from_arrays(
         add("myocardium_dice_before", "myocardium", dice(truth_frame_labels[k] == MYOCARDIUM, myo_ref))
         add("myocardium_dice_after", "myocardium", dice(warped == MYOCARDIUM, myo_ref))
         # the ceiling: frame k's true labels moved by the exact field (what discretisation allows)
-        exact = true_field(motion[reference], motion[k], lv_points_grid).astype(np.float32)
+        near_lv = (truth_frame_labels[k] == LV_BLOOD) | lv_ref
+        exact = exact_field_near(near_lv, motion[reference], motion[k], lv_points_grid, geometry.spacing[::-1])
         ceiling = warp_labels(labels_k, torch.as_tensor(exact)[None], geometry, N_TRUTH_LABELS)[0].numpy()
         add("lv_dice_exact_field", "lv", dice(ceiling == LV_BLOOD, lv_ref))
         p_k = where_seen(motion[k], L)
