@@ -152,7 +152,8 @@ def test_train_model_writes_checkpoint_and_report(tiny_cases, tmp_path):
 def test_shipped_card_states_the_training_distribution_and_generalisation(tiny_cases, tmp_path):
     """The model card names what the training phantom widens and carries the measured family comparison."""
     from ctp_steps.io import write_json
-    from ctp_steps.segmentation.ship import ship_model, widened_phantom
+    from ctp_steps.segmentation.config import widened_phantom
+    from ctp_steps.segmentation.ship import ship_model
     from ctp_steps.segmentation.train import train_model
 
     cfg = _tiny_cfg(validate_every=2)

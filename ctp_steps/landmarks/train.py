@@ -28,11 +28,11 @@ from ctp_steps.landmarks.data import LANDMARKS, Case
 from ctp_steps.landmarks.heatmaps import gaussian_targets, heatmap_loss
 from ctp_steps.landmarks.infer import LandmarkDetector
 from ctp_steps.landmarks.net import LandmarkNet
-from ctp_steps.segmentation.augment import SOFT_TISSUE_HU
 
 log = logging.getLogger(__name__)
 
 SHIFT_MM = 8.0
+SOFT_TISSUE_HU = 40.0  # pivot of the contrast gain: unenhanced blood and muscle sit near it
 
 
 def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:

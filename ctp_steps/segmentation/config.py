@@ -105,6 +105,12 @@ class AugmentationConfig(Strict):
         return self
 
 
+def widened_phantom(phantom: PhantomParams) -> dict:
+    """The training phantom's settings that differ from the default cohort's (what the training distribution adds)."""
+    default = PhantomParams().model_dump(mode="json")
+    return {k: v for k, v in phantom.model_dump(mode="json").items() if default.get(k) != v}
+
+
 class TaskTraining(Strict):
     """One model's optimisation."""
 

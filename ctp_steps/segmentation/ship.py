@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ctp_steps.io import atomic_path, read_json
 from ctp_steps.models import MODELS_DIR, register_model, sha256_of
-from ctp_steps.segmentation.config import SegmentationConfig
+from ctp_steps.segmentation.config import SegmentationConfig, widened_phantom
 
 ALIGNMENT_NOTE = (
     "Training averages use the phantom's TRUE alignment: every frame moved back onto the reference anatomy with "
@@ -77,14 +77,6 @@ def model_info(checkpoint: Path, report: dict, cfg: SegmentationConfig) -> dict:
         info["data"]["samples"] = "averages of random subsets (≥ 60 %) or all of a patient's aligned frames"
         info["data"]["alignment"] = ALIGNMENT_NOTE
     return info
-
-
-def widened_phantom(phantom) -> dict:
-    """The training phantom's settings that differ from the default cohort's (what the training distribution adds)."""
-    from ctp_steps.phantom.params import PhantomParams
-
-    default = PhantomParams().model_dump(mode="json")
-    return {k: v for k, v in phantom.model_dump(mode="json").items() if default.get(k) != v}
 
 
 def model_card(name: str, entry: dict) -> str:
