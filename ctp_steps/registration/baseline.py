@@ -73,7 +73,8 @@ def finer_than_box(geometry: Geometry, box: Geometry) -> bool:
     return min(geometry.spacing) < 0.75 * box.spacing[0]
 
 
-def _grown(box: Geometry, size: int, margin: int) -> Geometry:
+def _grown(box: Geometry, margin: int) -> Geometry:
+    """The box's grid extended by `margin` voxels on every side (same spacing and direction)."""
     origin = np.asarray(box.origin) - box.direction_matrix @ (np.full(3, margin * box.spacing[0]))
     return Geometry(tuple(float(v) for v in origin), box.spacing, box.direction)
 
@@ -141,6 +142,8 @@ def register_simpleitk(
     mask = _box_roi(_image(near_lv.astype(np.uint8), geometry), box, size)
     if on_box:
         fixed, mask = onto_box(fixed, box, size), onto_box(mask, box, size, labels=True)
+        # the moving frames must reach beyond the box (they move): the box plus a margin
+        reach, reach_size = _grown(box, BOX_MARGIN_VOXELS), size + 2 * BOX_MARGIN_VOXELS
     center = centroids[reference]
     out: list[BoxField | None] = [None] * len(frames)
     for k in range(len(frames)):
@@ -148,9 +151,8 @@ def register_simpleitk(
             continue
         shift = centroids[k] - center
         moving = _image(frames[k], geometry, sitk.sitkFloat32)
-        if on_box:  # the moving frame must reach beyond the box (it moves): the box's ROI plus a margin
-            moving = onto_box(_box_roi(moving, _grown(box, size, BOX_MARGIN_VOXELS), size + 2 * BOX_MARGIN_VOXELS),
-                              _grown(box, size, BOX_MARGIN_VOXELS), size + 2 * BOX_MARGIN_VOXELS)
+        if on_box:
+            moving = onto_box(_box_roi(moving, reach, reach_size), reach, reach_size)
         transform = register_pair(fixed, moving, mask, center, shift, cfg, seed=k + 1)
         field = sitk.TransformToDisplacementField(
             transform, sitk.sitkVectorFloat64, [size] * 3, box.origin, box.spacing, box.direction
