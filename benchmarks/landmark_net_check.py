@@ -3,7 +3,9 @@
 Isolates the heatmap net from the stage's fallback and exclusion rules: each checkpoint detects apex, base
 and RV insertion on the same `average.nii.gz` + `myocardium.nii.gz` of finished runs (e.g. `validate` runs
 with `stages.registration: oracle`, whose averages sit on the un-moved anatomy, so the truth landmarks
-apply as they are); errors in mm and the confidences the stage would test.
+apply as they are); errors in mm and the confidences the stage would test. `--stage` adds what the stage
+would keep (ctp_steps.landmarks.stage.choose_landmarks with the default config: implausible or unsure net
+landmarks replaced by the geometric fallback's) as `<checkpoint>+stage` rows.
 
     python benchmarks/landmark_net_check.py --runs default=/tmp/d/results shifted=/tmp/s/results \
         --checkpoints first=old.pt randomised=models/landmark_net.pt --markdown table.md
@@ -19,7 +21,10 @@ import pandas as pd
 import torch
 
 from ctp_steps.io import read_json, read_status, read_volume
+from ctp_steps.landmarks.config import LandmarkConfig
 from ctp_steps.landmarks.infer import LandmarkDetector
+from ctp_steps.landmarks.stage import choose_landmarks
+from ctp_steps.types import PatientInputError
 
 
 def oracle_aligned(patient: Path) -> bool:
@@ -33,6 +38,8 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", required=True, help="family=results_dir of finished runs (oracle registration)")
     ap.add_argument("--checkpoints", nargs="+", required=True, help="name=checkpoint.pt")
     ap.add_argument("--markdown", default=None, help="the summary as a Markdown table")
+    ap.add_argument("--stage", action="store_true", help="also the landmarks the stage keeps (net + fallback)")
+    ap.add_argument("--per-patient", action="store_true", help="print every patient's errors")
     args = ap.parse_args()
     rows = []
     for spec in args.checkpoints:
@@ -50,12 +57,22 @@ def main() -> None:
                 mask, _ = read_volume(mask_path)
                 truth = read_json(root / "synthetic" / "truth" / rel / "truth.json")["landmarks"]
                 det = detector.detect(average.astype(np.float32), mask > 0, geometry)
-                row = {"checkpoint": name, "family": family, "patient": str(rel)}
-                for i, landmark in enumerate(det.names):
-                    row[f"{landmark}_mm"] = float(np.linalg.norm(det.world_mm[i] - np.asarray(truth[landmark])))
-                    row[f"{landmark}_conf"] = float(det.confidence[i])
-                rows.append(row)
+                found = [(name, det.world_mm, det.confidence, "heatmap")]
+                if args.stage:
+                    try:
+                        chosen = choose_landmarks(det, average, mask > 0, geometry, LandmarkConfig())
+                        found.append((f"{name}+stage", chosen.world_mm, chosen.confidence, chosen.source))
+                    except PatientInputError:
+                        found.append((f"{name}+stage", np.full((3, 3), np.nan), np.zeros(3), "excluded"))
+                for label, world, confidence, source in found:
+                    row = {"checkpoint": label, "family": family, "patient": str(rel), "source": source}
+                    for i, landmark in enumerate(det.names):
+                        row[f"{landmark}_mm"] = float(np.linalg.norm(world[i] - np.asarray(truth[landmark])))
+                        row[f"{landmark}_conf"] = float(confidence[i])
+                    rows.append(row)
     table = pd.DataFrame(rows)
+    if args.per_patient:
+        print(table.round(2).to_string())
     errors = [c for c in table.columns if c.endswith("_mm")]
     summary = table.groupby(["family", "checkpoint"]).agg(
         patients=("patient", "size"), **{c: (c, "mean") for c in errors}, **{f"{c}_max": (c, "max") for c in errors},

@@ -139,7 +139,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def keep_freed_memory_for_reuse() -> bool:
+    """Have glibc's malloc keep freed memory in the process instead of handing it back to the kernel.
+
+    A stage allocates and frees the same large arrays over and over (a net's layer outputs, the frames'
+    resampled copies); by default glibc serves blocks above a threshold that starts at 128 kB with fresh
+    mmap's and trims the heap top on every free, so each reuse pays page faults and zeroing in the kernel:
+    a quarter of `segment_frames`' CPU time was system time (BENCHMARKS.md, "Allocator"). The mmap threshold
+    at its 32 MiB ceiling and trimming only above 256 MiB of free heap keep that memory mapped; blocks above
+    32 MiB are still mmap'd and at most 256 MiB of freed heap stays resident, so the peak RSS barely moves.
+    False where the C library is not glibc (nothing changes).
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    return bool(libc.mallopt(m_trim_threshold, 256 * 2**20)) and bool(libc.mallopt(m_mmap_threshold, 32 * 2**20))
+
+
 def main(argv: list[str] | None = None) -> None:
+    keep_freed_memory_for_reuse()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     args.func(args)

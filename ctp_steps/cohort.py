@@ -65,7 +65,7 @@ PATIENT_COLUMNS: list[pa.Field] = [
     pa.field("registration_jacobian_nonpos_frac", pa.float64()),
     pa.field("registration_max_displacement_mm", pa.float64()),
     pa.field("segment_myocardium_source", pa.string()),
-    pa.field("landmarks_source", pa.string()),  # heatmap (the net) or geometric (the fallback)
+    pa.field("landmarks_source", pa.string()),  # heatmap (the net), geometric (the fallback) or heatmap+geometric
     pa.field("landmarks_attempts", pa.string()),  # failed attempts before it (the net's low-confidence reason)
     pa.field("segment_frames_model_sha256", pa.string()),
     pa.field("segment_myocardium_model_sha256", pa.string()),

@@ -142,8 +142,9 @@ def test_train_loop_checkpoint_and_stage_outputs(tiny_cases, tmp_path):
         ])
         return read_json(patient / "landmarks.status.json")
 
-    # an under-trained net detects something; with no confidence floor the stage writes every output
-    status = run(LandmarkConfig(min_confidence=0.0, min_long_axis_mm=0.0))
+    # an under-trained net detects something; with no confidence floor and no distance check the stage writes
+    # every output from the net alone
+    status = run(LandmarkConfig(min_confidence=0.0, min_long_axis_mm=0.0, max_off_myocardium_mm=1e4))
     assert status["status"] == "ok", status
     assert set(status["record"]) == {
         "landmarks_source", "landmark_conf_min", "landmark_conf_apex", "landmark_conf_base",
@@ -188,6 +189,33 @@ def test_train_loop_checkpoint_and_stage_outputs(tiny_cases, tmp_path):
     write_volume(patient / "empty.nii.gz", np.zeros_like(case.mask), case.geometry)
     status = run(LandmarkConfig(), myocardium="empty.nii.gz")
     assert status["status"] == "excluded" and status["reason"].startswith("landmarks: empty.nii.gz: myocardium mask")
+
+
+def test_a_confident_landmark_off_the_myocardium_is_replaced_by_the_geometric_one(tiny_cases):
+    """The net sure of an apex 30 mm outside the heart: that landmark comes from the fallback, the others stay."""
+    from types import SimpleNamespace
+
+    from ctp_steps.landmarks.stage import choose_landmarks, distance_to_mask_mm
+
+    case = tiny_cases[0]
+    truth = np.asarray(case.landmarks, float)
+    on_epicardium = distance_to_mask_mm(truth[[0, 2]], case.mask > 0, case.geometry)  # (the base is the valve centre)
+    assert on_epicardium.max() < 2 * max(case.geometry.spacing)
+    away = truth[0] + 30.0 * (truth[0] - truth[1]) / np.linalg.norm(truth[0] - truth[1])  # beyond the apex
+    det = SimpleNamespace(names=("apex", "base", "rv_insertion"), world_mm=np.array([away, truth[1], truth[2]]),
+                          confidence=np.array([0.95, 0.9, 0.9]))
+    cfg = LandmarkConfig()
+    chosen = choose_landmarks(det, case.image, case.mask > 0, case.geometry, cfg)
+    assert chosen.methods == ("geometric", "heatmap", "heatmap") and chosen.source == "heatmap+geometric"
+    assert chosen.failed_attempts[0].startswith("heatmap: landmark apex 3") and "from the myocardium" in chosen.failed_attempts[0]
+    assert np.linalg.norm(chosen.world_mm[0] - truth[0]) < 2 * max(case.geometry.spacing)
+    np.testing.assert_array_equal(chosen.world_mm[1:], truth[1:])
+    # the same point on the epicardium passes; without a fallback the misplaced apex excludes the patient
+    det.world_mm = truth.copy()
+    assert choose_landmarks(det, case.image, case.mask > 0, case.geometry, cfg).source == "heatmap"
+    det.world_mm = np.array([away, truth[1], truth[2]])
+    with pytest.raises(PatientInputError, match="^landmark apex .* mm from the myocardium"):
+        choose_landmarks(det, case.image, case.mask > 0, case.geometry, cfg.model_copy(update={"fallback": "none"}))
 
 
 def test_detection_problem_names_only_the_failing_landmark():
@@ -290,6 +318,7 @@ def test_randomised_training_anatomy_is_the_wider_phantom():
     assert LandmarkTrainingConfig().anatomy == "randomised"
     wide, narrow = randomised_training_phantom(), PhantomParams()
     assert wide.lv_axis_tilt_max_deg > narrow.lv_axis_tilt_max_deg and wide.wall_thickness_mm[1] > narrow.wall_thickness_mm[1]
+    assert wide.rv_half_angle_deg[0] < narrow.rv_half_angle_deg[0] == narrow.rv_half_angle_deg[1] < wide.rv_half_angle_deg[1]
     grid = [LandmarkGridConfig(shape_zyx=(24, 48, 48), spacing_zyx_mm=(5.0, 4.0, 4.0))]
     (a,), (b,) = make_cases(1, "test", 3, grid, anatomy="randomised"), make_cases(1, "test", 3, grid, anatomy="default")
     assert a.image.shape == b.image.shape == (24, 48, 48) and not np.array_equal(a.image, b.image)

@@ -215,6 +215,30 @@ def test_septal_segments_face_the_rv(cohort):
         assert np.dot(septal - lv, lateral - lv) < 0
 
 
+def test_rv_span_turns_the_insertion_about_the_long_axis():
+    """A wider RV (half-angle 80° instead of 60°) moves the anterior insertion 20° away from the septum's centre
+    and grows the RV; the LV and the rest of the patient's random stream stay as they were."""
+    spec = make_specs(1, CENTERS[:1], seed=77, role="validation")[0]
+    narrow = generate_patient(spec, TINY)
+    wide = generate_patient(spec, TINY.model_copy(update={"rv_half_angle_deg": (80.0, 80.0)}))
+    assert narrow.truth["anatomy"]["rv_half_angle_deg"] == 60 and wide.truth["anatomy"]["rv_half_angle_deg"] == 80
+    for name in ("apex", "base"):
+        np.testing.assert_allclose(wide.truth["landmarks"][name], narrow.truth["landmarks"][name])
+    base, apex = (np.asarray(narrow.truth["landmarks"][n]) for n in ("base", "apex"))
+    u = (apex - base) / np.linalg.norm(apex - base)
+
+    def radial(p):
+        d = np.asarray(p) - base
+        return d - (d @ u) * u
+
+    a, b = radial(narrow.truth["landmarks"]["rv_insertion"]), radial(wide.truth["landmarks"]["rv_insertion"])
+    turned = np.degrees(np.arccos(a @ b / np.linalg.norm(a) / np.linalg.norm(b)))
+    assert turned == pytest.approx(20.0, abs=0.5)
+    grown = np.count_nonzero(wide.labels == 4) / np.count_nonzero(narrow.labels == 4)
+    assert 1.15 < grown < 1.6, grown  # a 160° crescent against a 120° one (same thickness profile)
+    np.testing.assert_array_equal(wide.labels == 2, narrow.labels == 2)
+
+
 # --- motion and noise -----------------------------------------------------------------------------
 
 

@@ -75,3 +75,23 @@ def test_the_chain_names_each_stage_once_and_its_predecessor():
             contract = load_contract(stage.name, implementation)
             assert callable(contract.run) and hasattr(contract, "Config"), (stage.name, implementation)
     assert STAGES["register"].implementations == ("learned", "simpleitk", "none", ORACLE)
+
+
+def test_stage_processes_keep_freed_memory_on_glibc():
+    """`ctp-steps` asks glibc to keep freed blocks below 32 MiB mapped (fewer page faults per reuse); the
+    setting is visible to the process: a 16 MiB block freed and taken again comes back at the same address
+    (by default the first one is mmap'd and unmapped on free, and the second comes from the heap)."""
+    import platform
+
+    from ctp_steps.cli import keep_freed_memory_for_reuse
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    code = (
+        "import ctypes, sys; from ctp_steps.cli import keep_freed_memory_for_reuse as k; ok = k();"
+        "libc = ctypes.CDLL('libc.so.6'); libc.malloc.restype = ctypes.c_void_p; libc.free.argtypes = [ctypes.c_void_p];"
+        "a = libc.malloc(16 << 20); libc.free(a); b = libc.malloc(16 << 20); print(ok, a == b)"
+    )
+    assert keep_freed_memory_for_reuse() is True
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True"], out

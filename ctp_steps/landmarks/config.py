@@ -98,6 +98,12 @@ class LandmarkConfig(BaseModel):
         description="A landmark whose heatmap holds less than this probability mass near its peak "
         "excludes the patient (reason names the landmark).",
     )
+    max_off_myocardium_mm: float = Field(
+        8.0, gt=0,
+        description="The apex and the RV insertion are points of the epicardium: one farther than this from every "
+        "myocardium voxel is implausible whatever the net's confidence, and the fallback replaces it (about one "
+        "LV wall thickness, 6-11 mm in adults, so a point this far off lies on no wall of this LV).",
+    )
     min_long_axis_mm: float = Field(
         30.0, ge=0, description="Apex–base distances below this are implausible and exclude the patient."
     )

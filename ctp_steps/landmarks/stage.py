@@ -4,8 +4,10 @@ Contract (ctp_steps/stages.py): `Inputs`, `Outputs` (the keys of rules/landmarks
 
 Known per-patient problems raise PatientInputError (the patient is excluded
 with the reason): an empty myocardium mask, a landmark whose confidence is
-below `min_confidence` (the reason names the landmark), an implausibly short
-long axis, or an RV insertion on the long axis; the excluded patient's QC PNG
+below `min_confidence` or, for the apex and the RV insertion, which lies off the
+myocardium (the reason names the landmark), an implausibly short long axis, or
+an RV insertion on the long axis, each after the geometric fallback had its
+turn; the excluded patient's QC PNG
 shows why (the heatmaps, the candidates and their confidences, the geometric
 fallback's attempt; or the average with its mask). The AHA map is built by
 `ctp_steps.aha` (the same construction as the phantom's truth).
@@ -31,17 +33,35 @@ log = logging.getLogger(__name__)
 MIN_MYOCARDIUM_VOXELS = 20
 
 
-def detection_problem(names, world_mm: np.ndarray, confidence: np.ndarray, cfg: LandmarkConfig, threshold: float,
-                      what: str = "confidence") -> str | None:
-    """Why a set of landmarks cannot build the AHA map (every missing or unsure landmark named), or None."""
-    low = [
-        f"landmark {n} not found ({what} {c:.2f} < {threshold:.2f})"
-        for n, c in zip(names, confidence)
-        if not np.isfinite(c) or c < threshold or not np.all(np.isfinite(world_mm[list(names).index(n)]))
-    ]
-    if low:
-        return "; ".join(low)
-    lm = dict(zip(names, world_mm))
+ON_EPICARDIUM = ("apex", "rv_insertion")  # defined on the LV's outer surface, hence next to the myocardium mask
+
+
+def distance_to_mask_mm(points_world: np.ndarray, mask: np.ndarray, geometry) -> np.ndarray:
+    """Distance (mm) from each point (rows, world LPS) to the nearest voxel centre of `mask`; inf if not finite."""
+    zyx = np.argwhere(mask)
+    world = geometry.index_to_world(zyx[:, ::-1].astype(float))
+    return np.array([
+        float(np.sqrt(((world - p) ** 2).sum(axis=1)).min()) if np.all(np.isfinite(p)) and len(world) else np.inf
+        for p in np.asarray(points_world, float)
+    ])
+
+
+def landmark_problems(names, world_mm: np.ndarray, score: np.ndarray, off_mask_mm: np.ndarray | None,
+                      cfg: LandmarkConfig, threshold: float, what: str = "confidence") -> dict[str, str]:
+    """Per landmark, why it cannot be used: not found (score below `threshold`) or, for the landmarks on the
+    epicardium, farther from every myocardium voxel than `max_off_myocardium_mm` (a confident peak elsewhere)."""
+    problems = {}
+    for i, (n, c) in enumerate(zip(names, score)):
+        if not np.isfinite(c) or c < threshold or not np.all(np.isfinite(world_mm[i])):
+            problems[n] = f"landmark {n} not found ({what} {c:.2f} < {threshold:.2f})"
+        elif off_mask_mm is not None and n in ON_EPICARDIUM and off_mask_mm[i] > cfg.max_off_myocardium_mm:
+            problems[n] = (f"landmark {n} {off_mask_mm[i]:.1f} mm from the myocardium "
+                           f"(> max_off_myocardium_mm {cfg.max_off_myocardium_mm:.0f})")
+    return problems
+
+
+def frame_problem(lm: dict[str, np.ndarray], cfg: LandmarkConfig) -> str | None:
+    """Why three landmarks cannot span the AHA frame (too short a long axis, RV insertion on it), or None."""
     length = float(np.linalg.norm(lm["apex"] - lm["base"]))
     if length < cfg.min_long_axis_mm:
         return f"landmarks apex and base only {length:.1f} mm apart (< min_long_axis_mm {cfg.min_long_axis_mm:.0f})"
@@ -52,47 +72,82 @@ def detection_problem(names, world_mm: np.ndarray, confidence: np.ndarray, cfg: 
     return None
 
 
+def detection_problem(names, world_mm: np.ndarray, confidence: np.ndarray, cfg: LandmarkConfig, threshold: float,
+                      what: str = "confidence", off_mask_mm: np.ndarray | None = None) -> str | None:
+    """Why a set of landmarks cannot build the AHA map (every missing, unsure or misplaced landmark named), or None."""
+    problems = landmark_problems(names, world_mm, confidence, off_mask_mm, cfg, threshold, what)
+    if problems:
+        return "; ".join(problems.values())
+    return frame_problem(dict(zip(names, world_mm)), cfg)
+
+
 @dataclass(frozen=True)
 class ChosenLandmarks:
-    """The landmarks kept, the method that found them and the attempts that failed before it."""
+    """The landmarks kept, the method that found each and the attempts that failed before them."""
 
     names: tuple[str, ...]
     world_mm: np.ndarray
     confidence: np.ndarray  # the net's confidence, or the geometric method's quality
-    source: str  # heatmap | geometric
+    methods: tuple[str, ...]  # heatmap | geometric, per landmark
     failed_attempts: list[str]
+
+    @property
+    def source(self) -> str:
+        """heatmap, geometric, or heatmap+geometric when the fallback replaced only the net's failed landmarks."""
+        return "+".join(m for m in ("heatmap", "geometric") if m in self.methods)
 
     def as_json(self) -> dict:
         return {
             name: {"world_mm": [float(v) for v in self.world_mm[i]], "confidence": float(self.confidence[i]),
-                   "method": self.source}
+                   "method": self.methods[i]}
             for i, name in enumerate(self.names)
         }
 
 
 def choose_landmarks(det, image: np.ndarray, mask: np.ndarray, geometry, cfg: LandmarkConfig) -> ChosenLandmarks:
-    """The net's landmarks if they pass; else the geometric fallback's; else PatientInputError listing both.
+    """The net's landmarks where they pass; the geometric fallback's for the others; else PatientInputError
+    listing each attempt.
 
-    The net was trained on one phantom's images; on studies unlike them it is unsure, while the masks
-    and the image's own contrast still show where the LV axis and the RV lie.
+    The net was trained on phantom images; on studies unlike them it can be unsure, or sure of a peak off the
+    heart, while the masks and the image's own contrast still show where the LV axis and the RV lie. A net
+    landmark that passes is kept (it is the more precise method where it works), a failed one is replaced by the
+    geometric one, and when the net's three points pass one by one but cannot span the AHA frame, the geometric
+    set replaces them all.
     """
-    problem = detection_problem(det.names, det.world_mm, det.confidence, cfg, cfg.min_confidence)
-    if problem is None:
-        return ChosenLandmarks(tuple(det.names), det.world_mm, det.confidence, "heatmap", [])
-    attempts = [f"heatmap: {problem}"]
+    names = tuple(det.names)
+    net_problems = landmark_problems(names, det.world_mm, det.confidence,
+                                     distance_to_mask_mm(det.world_mm, mask, geometry), cfg, cfg.min_confidence)
+    net_frame = None if net_problems else frame_problem(dict(zip(names, det.world_mm)), cfg)
+    if not net_problems and net_frame is None:
+        return ChosenLandmarks(names, det.world_mm, det.confidence, ("heatmap",) * len(names), [])
+    attempts = [f"heatmap: {net_frame or '; '.join(net_problems.values())}"]
     tried = None
     if cfg.fallback == "geometric":
         from ctp_steps.landmarks.geometric import geometric_landmarks
 
         geo = geometric_landmarks(image, mask, geometry)
         log.info("geometric landmarks: %s (%s)", geo.as_json(), geo.failure or "no failure")
-        problem = detection_problem(geo.names, geo.world_mm, geo.quality, cfg, cfg.min_geometric_quality, "quality")
-        if problem is None:
-            return ChosenLandmarks(tuple(geo.names), geo.world_mm, geo.quality, "geometric", attempts)
-        attempts.append(f"geometric: {problem}" + (f" ({geo.failure})" if geo.failure else ""))
         tried = {**geo.as_json(), "failure": geo.failure}
+        geo_world = dict(zip(geo.names, geo.world_mm))
+        geo_quality = dict(zip(geo.names, geo.quality))
+        geo_problems = landmark_problems(geo.names, geo.world_mm, geo.quality,
+                                         distance_to_mask_mm(geo.world_mm, mask, geometry), cfg,
+                                         cfg.min_geometric_quality, "quality")
+        # the net's passing landmarks, the geometric ones for the rest (all of them if the net's set cannot span)
+        use_net = [n not in net_problems and net_frame is None for n in names]
+        missing = [n for n, net in zip(names, use_net) if not net and n in geo_problems]
+        if missing:
+            problem = "; ".join(geo_problems[n] for n in missing)
+        else:
+            world = np.array([det.world_mm[i] if use_net[i] else geo_world[n] for i, n in enumerate(names)])
+            problem = frame_problem(dict(zip(names, world)), cfg)
+            if problem is None:
+                score = np.array([det.confidence[i] if use_net[i] else geo_quality[n] for i, n in enumerate(names)])
+                methods = tuple("heatmap" if net else "geometric" for net in use_net)
+                return ChosenLandmarks(names, world, score, methods, attempts)
+        attempts.append(f"geometric: {problem}" + (f" ({geo.failure})" if geo.failure else ""))
     raise PatientInputError(
-        "; ".join(attempts) if len(attempts) > 1 else problem,
+        "; ".join(attempts) if len(attempts) > 1 else attempts[0].removeprefix("heatmap: "),
         diagnostic=partial(_landmark_failure_figure, geometric=tried),  # the caller adds what it saw
     )
 

@@ -7,8 +7,9 @@ as in ctp_steps.aha):
   ellipsoid, myocardium between endo- and epicardial ellipsoids. The apical wall
   is apex_cap_fraction/(1 − fraction) × cavity length, so the endocardial apex
   lies exactly where AHA segment 17 starts.
-- RV: a crescent on the septal side (θ from 0 to 120°, thickest at the septum,
-  θ = 60°), from slightly above the base plane to 80 % of the LV length, with a
+- RV: a crescent on the septal side (θ from 0 to 2h, thickest at the septum's
+  centre θ = h; h = 60° by default, drawn from `rv_half_angle_deg`), from
+  slightly above the base plane to 80 % of the LV length, with a
   thin free wall; epicardial fat around both; left atrium beyond the base plane
   behind a 2 mm valve plane.
 The chest is placed around the heart: chest wall in front, spine and descending
@@ -55,8 +56,6 @@ LABEL_OF_CLASS = np.zeros(N_CLASSES, dtype=np.uint8)
 LABEL_OF_CLASS[[AORTA, LV_BLOOD, MYO, RV_BLOOD]] = [1, 2, 3, 4]
 
 _PROTECTED = (BONE, CORTEX, CSF, PERIAORTIC, AORTA)  # posterior mediastinum the heart never overwrites
-_RV_HALF_ANGLE = 60.0  # RV crescent spans θ ∈ [0, 120°]: insertion points at θ = 0 and 120°
-_SEPTUM_THETA = 60.0
 _EPI_FAT_MM = 3.0
 _MEDIASTINUM_MM = 8.0  # lungs keep this far from the heart
 _VALVE_GAP_MM = 2.0
@@ -105,6 +104,7 @@ class RightVentricle:
     wall: float
     a0: float  # axial extent (mm from the base plane)
     a1: float
+    half_angle: float = 60.0  # the crescent spans θ ∈ [0, 2·half_angle]; the septum's centre is at θ = half_angle
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,7 @@ class Anatomy:
             "lv_wall_mm": lv.wall,
             "lv_apical_wall_mm": lv.apical_wall,
             "rv_thickness_mm": rv.thickness,
+            "rv_half_angle_deg": rv.half_angle,
             "aorta_center_xy_mm": list(b.aorta_xy),
             "aorta_radius_mm": b.aorta_radius,
             "torso_semi_axes_mm": list(b.torso_ab),
@@ -238,7 +239,7 @@ def _draw_heart(
     # septum towards the RV (right-anterior), rotated ±10° about the axis
     septum = _unit(np.array([-1.0, -1.0, 0.0]) - (np.array([-1.0, -1.0, 0.0]) @ u) * u)
     septum = _rotate(septum, u, np.radians(rng.uniform(-10, 10)))
-    ref = _rotate(septum, u, -np.radians(_SEPTUM_THETA))
+    ref = septum  # placeholder: aimed at the anterior RV insertion once the RV's span is drawn (below)
     scale = uniform(rng, params.lv_scale)
     cavity_radius = _CAVITY_RADIUS_MM * scale
     base_frac = rng.uniform(0.2, 0.3)  # base plane lies this fraction of the half-length beyond the equator
@@ -268,6 +269,12 @@ def _draw_heart(
         a1=rng.uniform(0.7, 0.8) * lv.length,
     )
     la = LeftAtrium(half_length=rng.uniform(14.0, 18.0), radius=rng.uniform(17.0, 22.0))
+    lo, hi = params.rv_half_angle_deg
+    half_angle = float(rng.uniform(lo, hi)) if hi > lo else lo  # drawn last and only when it varies:
+    # the default cohort's random stream is unchanged
+    ref = _rotate(septum, u, -np.radians(half_angle))  # θ = 0 at the anterior RV insertion
+    lv = replace(lv, ref=ref, ortho=np.cross(u, ref))
+    rv = replace(rv, half_angle=half_angle)
     return lv, rv, la
 
 
@@ -283,8 +290,8 @@ def _heart_surface_points(
     rho = lv.epi_rho(a, extra)
     pts.append(_cyl_points(lv, a, rho, phi))
     a = np.linspace(rv.a0 - 4 - extra, rv.a1 + 4 + extra, 41)[None, :]
-    half = np.radians(_RV_HALF_ANGLE + 8 + extra)
-    ang = np.radians(_SEPTUM_THETA) + np.linspace(-half, half, 37)[:, None]
+    half = np.radians(rv.half_angle + 8 + extra)
+    ang = np.radians(rv.half_angle) + np.linspace(-half, half, 37)[:, None]
     rho = lv.epi_rho(a) + (rv.thickness + rv.wall + extra) * _rv_axial_profile(rv, a, 4 + extra)
     pts.append(_cyl_points(lv, a, rho * np.ones_like(ang), ang))
     centre = -(_VALVE_GAP_MM + la.half_length)
@@ -431,7 +438,7 @@ def heart_fields(anat: Anatomy, box: Box) -> HeartFields:
     blood = below_base & (lam_endo < 1)
     myo = below_base & (lam_endo >= 1) & (lam_epi < 1)
 
-    phi = (theta - _SEPTUM_THETA + 180.0) % 360.0 - 180.0  # angle from the septum
+    phi = (theta - rv.half_angle + 180.0) % 360.0 - 180.0  # angle from the septum's centre
     epi = lv.epi_rho(a)
 
     def crescent(thick: float, half_angle: float, grow: float) -> np.ndarray:
@@ -439,16 +446,16 @@ def heart_fields(anat: Anatomy, box: Box) -> HeartFields:
         width = thick * np.sqrt(1 - c * c) * _rv_axial_profile(rv, a, grow)
         return (np.abs(phi) < half_angle) & (rho >= epi) & (rho - epi < width)
 
-    rv_blood = crescent(rv.thickness, _RV_HALF_ANGLE, 0.0)
-    rv_outer = crescent(rv.thickness + rv.wall, _RV_HALF_ANGLE + 8, 4.0)
-    fat = crescent(rv.thickness + rv.wall + _EPI_FAT_MM, _RV_HALF_ANGLE + 8 + _EPI_FAT_MM, 4.0 + _EPI_FAT_MM)
+    rv_blood = crescent(rv.thickness, rv.half_angle, 0.0)
+    rv_outer = crescent(rv.thickness + rv.wall, rv.half_angle + 8, 4.0)
+    fat = crescent(rv.thickness + rv.wall + _EPI_FAT_MM, rv.half_angle + 8 + _EPI_FAT_MM, 4.0 + _EPI_FAT_MM)
     fat |= (a >= -_EPI_FAT_MM) & (lam(lv.epi_half_length + _EPI_FAT_MM, lv.epi_radius + _EPI_FAT_MM) < 1)
     la_axial = (a + _VALVE_GAP_MM + la.half_length) / la.half_length
     la_blood = la_axial**2 + (rho / la.radius) ** 2 < 1
 
     m = _MEDIASTINUM_MM
     envelope = lam(lv.epi_half_length + m, lv.epi_radius + m) < 1
-    envelope |= crescent(rv.thickness + rv.wall + m, _RV_HALF_ANGLE + 8 + m, 4.0 + m)
+    envelope |= crescent(rv.thickness + rv.wall + m, rv.half_angle + 8 + m, 4.0 + m)
     envelope |= ((a + _VALVE_GAP_MM + la.half_length) / (la.half_length + m)) ** 2 + (
         rho / (la.radius + m)
     ) ** 2 < 1

@@ -108,6 +108,12 @@ class PhantomParams(BaseModel):
     lv_axis_tilt_max_deg: float = Field(
         15.0, ge=0, le=45, description="Long-axis deviation from LPS (1,-1,-1)/√3 (degrees)."
     )
+    rv_half_angle_deg: Range = Field(
+        (60.0, 60.0),
+        description="Half the angular span of the RV's contact with the LV (degrees about the long axis): the "
+        "anterior and inferior RV insertions lie this far either side of the septum's centre. 60 (a 120° "
+        "septum, the span the AHA 17-segment model assumes) by default; drawn only when the range is not one value.",
+    )
     apex_cap_fraction: float = Field(
         0.1,
         gt=0,
@@ -272,7 +278,9 @@ def randomised_training_phantom() -> PhantomParams:
     Long axis ±25° around the mean; image noise 5–40 HU; tube voltages 70–120 kVp; rigid motion ±6 mm;
     LV size ×0.8–1.25 and wall 6–15 mm (normal adult walls ~6–11 mm, hypertrophy from ~13 mm; dilated
     cavities ~20 % above normal); aortic peaks 250–800 HU (iodine's HU per mg/mL rises ~1.6× from 120 to
-    70–80 kVp around typical 300–600 HU first-pass peaks)."""
+    70–80 kVp around typical 300–600 HU first-pass peaks); the RV's septal contact spanning 90–170° (the AHA
+    model assumes 120°; a small RV covers less of the septum, a dilated or pressure-loaded RV wraps further
+    round the LV)."""
     return PhantomParams(
         lv_axis_tilt_max_deg=25.0,
         noise_sd_hu=(5.0, 40.0),
@@ -281,4 +289,5 @@ def randomised_training_phantom() -> PhantomParams:
         lv_scale=(0.8, 1.25),
         wall_thickness_mm=(6.0, 15.0),
         aif_peak_hu=(250.0, 800.0),
+        rv_half_angle_deg=(45.0, 85.0),
     )
