@@ -45,7 +45,8 @@ def draw_bullseye(
     fmt: str = "{:.0f}",
 ) -> None:
     """Draw `values` (segment 1..17 → value; missing or NaN: grey, hatched) as an AHA polar map into `ax`."""
-    import matplotlib.pyplot as plt
+    import matplotlib
+    from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.patches import Wedge
 
@@ -56,7 +57,7 @@ def draw_bullseye(
     lo = vmin if vmin is not None else (min(finite) if finite else 0.0)
     hi = vmax if vmax is not None else (max(finite) if finite else 1.0)
     norm = Normalize(lo, hi if hi > lo else lo + 1.0)
-    colormap = plt.get_cmap(cmap)
+    colormap = matplotlib.colormaps[cmap]
 
     for seg, (r0, r1, a0, a1) in segment_wedges().items():
         v = values.get(seg)
@@ -82,18 +83,13 @@ def draw_bullseye(
     ax.set_aspect("equal")
     ax.axis("off")
     ax.set_title(title, fontsize=10)
-    ax.figure.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=colormap), ax=ax, fraction=0.046, pad=0.02, label=label)
+    ax.figure.colorbar(ScalarMappable(norm=norm, cmap=colormap), ax=ax, fraction=0.046, pad=0.02, label=label)
 
 
 def plot_bullseye(values: Mapping[int, float], title: str, out_png: str | Path, **style) -> None:
     """`draw_bullseye` alone in a PNG, written atomically; `style` as draw_bullseye's keywords."""
-    import matplotlib
+    from ctp_steps.figures import save_png, subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ctp_steps.figures import save_png
-
-    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    fig, ax = subplots(figsize=(5.2, 4.4))
     draw_bullseye(ax, values, title, **style)
     save_png(fig, out_png, dpi=110, bbox_inches="tight")

@@ -191,8 +191,9 @@ def test_train_loop_checkpoint_and_stage_outputs(tiny_cases, tmp_path):
     assert status["status"] == "excluded" and status["reason"].startswith("landmarks: empty.nii.gz: myocardium mask")
 
 
-def test_a_confident_landmark_off_the_myocardium_is_replaced_by_the_geometric_one(tiny_cases):
-    """The net sure of an apex 30 mm outside the heart: that landmark comes from the fallback, the others stay."""
+def test_a_confident_landmark_off_the_myocardium_is_replaced_by_a_fallback(tiny_cases):
+    """The net sure of an apex 30 mm outside the heart: that landmark comes from a fallback, the others stay —
+    the far end of the myocardium from the net's base while that base passes, else the geometric method."""
     from types import SimpleNamespace
 
     from ctp_steps.landmarks.stage import choose_landmarks, distance_to_mask_mm
@@ -206,16 +207,51 @@ def test_a_confident_landmark_off_the_myocardium_is_replaced_by_the_geometric_on
                           confidence=np.array([0.95, 0.9, 0.9]))
     cfg = LandmarkConfig()
     chosen = choose_landmarks(det, case.image, case.mask > 0, case.geometry, cfg)
-    assert chosen.methods == ("geometric", "heatmap", "heatmap") and chosen.source == "heatmap+geometric"
+    assert chosen.methods == ("apex_from_base", "heatmap", "heatmap") and chosen.source == "heatmap+apex_from_base"
     assert chosen.failed_attempts[0].startswith("heatmap: landmark apex 3") and "from the myocardium" in chosen.failed_attempts[0]
     assert np.linalg.norm(chosen.world_mm[0] - truth[0]) < 2 * max(case.geometry.spacing)
     np.testing.assert_array_equal(chosen.world_mm[1:], truth[1:])
+    # the base unsure too: both from the geometric method, the RV insertion still the net's
+    det.confidence = np.array([0.95, 0.1, 0.9])
+    chosen = choose_landmarks(det, case.image, case.mask > 0, case.geometry, cfg)
+    assert chosen.methods == ("geometric", "geometric", "heatmap") and chosen.source == "heatmap+geometric"
+    assert np.linalg.norm(chosen.world_mm[0] - truth[0]) < 2 * max(case.geometry.spacing)
     # the same point on the epicardium passes; without a fallback the misplaced apex excludes the patient
-    det.world_mm = truth.copy()
+    det.world_mm, det.confidence = truth.copy(), np.array([0.95, 0.9, 0.9])
     assert choose_landmarks(det, case.image, case.mask > 0, case.geometry, cfg).source == "heatmap"
     det.world_mm = np.array([away, truth[1], truth[2]])
     with pytest.raises(PatientInputError, match="^landmark apex .* mm from the myocardium"):
         choose_landmarks(det, case.image, case.mask > 0, case.geometry, cfg.model_copy(update={"fallback": "none"}))
+
+
+@pytest.mark.parametrize("tilt_deg", [0.0, 35.0, 80.0])
+def test_apex_from_base_is_the_far_end_of_a_tilted_shell(tilt_deg):
+    """A truncated ellipsoidal LV shell (cavity 22×45 mm, wall 10 mm) at any tilt, on 1.5 mm voxels: the apex
+    estimate lies within the 4 mm cap of the true epicardial apex; a sphere-like shell has no single apex."""
+    from ctp_steps.landmarks.geometric import apex_from_base
+
+    geometry = Geometry(origin=(-90.0, -90.0, -90.0), spacing=(1.5, 1.5, 1.5), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
+    zyx = np.indices((120, 120, 120)).reshape(3, -1).T
+    world = geometry.index_to_world(zyx[:, ::-1].astype(float))
+    t = np.radians(tilt_deg)
+    u = np.array([np.sin(t), 0.3 * np.cos(t), np.cos(t)])
+    u /= np.linalg.norm(u)
+    base = np.array([5.0, -8.0, -30.0])
+    centre = base + 15.0 * u  # the base plane 15 mm beyond the ellipsoid's equator
+    a = (world - centre) @ u
+    rho = np.linalg.norm(world - centre - a[:, None] * u, axis=1)
+
+    def inside(long, short):
+        return (a / long) ** 2 + (rho / short) ** 2 < 1
+
+    shell = inside(55.0, 32.0) & ~inside(45.0, 22.0) & ((world - base) @ u > 0)
+    apex_true = centre + 55.0 * u
+    apex, quality = apex_from_base(base, shell.reshape(120, 120, 120), geometry)
+    assert quality == 1.0
+    assert np.linalg.norm(apex - apex_true) < 4.0, np.linalg.norm(apex - apex_true)
+    ball = (np.linalg.norm(world - base, axis=1) < 40) & (np.linalg.norm(world - base, axis=1) > 30)
+    _, quality = apex_from_base(base, ball.reshape(120, 120, 120), geometry)
+    assert quality == 0.0
 
 
 def test_detection_problem_names_only_the_failing_landmark():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ctp_steps.figures import save_png, subplots
 from ctp_steps.types import Geometry
 
 COLORS = {"apex": "tab:red", "base": "tab:cyan", "rv_insertion": "tab:orange"}
@@ -26,18 +27,12 @@ def plot_landmarks(
     window_hu: tuple[float, float] = (-150.0, 450.0),
 ) -> None:
     """`landmarks`: name → {"world_mm": [x, y, z], "confidence": c} (landmarks.json)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ctp_steps.figures import save_png
 
     sp = np.asarray(geometry.spacing)  # x, y, z
     shape = np.asarray(image_zyx.shape)
     idx = {n: geometry.world_to_index(np.asarray(v["world_mm"], dtype=float)) for n, v in landmarks.items()}
     names = list(landmarks)
-    fig, axes = plt.subplots(len(names), 3, figsize=(10, 3.3 * len(names)), squeeze=False)
+    fig, axes = subplots(len(names), 3, figsize=(10, 3.3 * len(names)), squeeze=False)
     # (array axis sliced, plotted (row, col) array axes, their x/y/z component for the point, aspect)
     views = (
         ("axial", 0, (1, 2), sp[1] / sp[0]),
@@ -105,25 +100,19 @@ def plot_landmark_failure(
     `detection`: name → {"world_mm", "confidence"}; `heatmaps`: (K, D, H, W) probabilities on `crop`;
     `geometric`: name → {"world_mm", "quality"} plus optional "failure" (text), or None when not tried.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ctp_steps.figures import save_png
     from ctp_steps.landmarks.crop import world_to_crop_zyx
 
     shape = np.asarray(image_zyx.shape)
     sp = np.asarray(geometry.spacing)
     if not detection:
-        fig = _mask_slices(plt, image_zyx, mask_zyx, sp, window_hu)
+        fig = _mask_slices(image_zyx, mask_zyx, sp, window_hu)
         fig.suptitle(reason_title(reason, title), fontsize=8)
         fig.tight_layout()
         save_png(fig, out_png, dpi=80)
         return
     names = list(detection)
     geo = {k: v for k, v in (geometric or {}).items() if isinstance(v, dict)}
-    fig, axes = plt.subplots(len(names), 4, figsize=(12, 3.2 * len(names) + 0.8), squeeze=False)
+    fig, axes = subplots(len(names), 4, figsize=(12, 3.2 * len(names) + 0.8), squeeze=False)
     for r, name in enumerate(names):
         conf = float(detection[name]["confidence"])
         floor = f" < {min_confidence:.2f}" if min_confidence is not None and conf < min_confidence else ""
@@ -167,12 +156,12 @@ def plot_landmark_failure(
     save_png(fig, out_png, dpi=80)
 
 
-def _mask_slices(plt, image_zyx: np.ndarray, mask_zyx: np.ndarray, sp: np.ndarray, window_hu, n: int = 4):
+def _mask_slices(image_zyx: np.ndarray, mask_zyx: np.ndarray, sp: np.ndarray, window_hu, n: int = 4):
     """Axial slices through the mask (or the volume's middle when it is empty), the mask outlined."""
     zs = np.flatnonzero(mask_zyx.reshape(len(mask_zyx), -1).any(axis=1))
     lo, hi = (zs[0], zs[-1]) if zs.size else (len(image_zyx) // 4, 3 * len(image_zyx) // 4)
     slices = sorted({int(k) for k in np.linspace(lo, hi, n)})
-    fig, axes = plt.subplots(1, len(slices), figsize=(3 * len(slices), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(slices), figsize=(3 * len(slices), 3.6), squeeze=False)
     for ax, k in zip(axes[0], slices):
         ax.imshow(image_zyx[k], cmap="gray", vmin=window_hu[0], vmax=window_hu[1], aspect=sp[1] / sp[0])
         if mask_zyx[k].any():

@@ -333,3 +333,28 @@ def _rv_insertion(img, myo, solid, cavity, world_all, spacing, contact_mm, centr
     reach = -(normals @ origin + offsets)[along > 1e-9] / along[along > 1e-9]
     radius = float(reach.min()) if reach.size else 0.0
     return origin + radius * direction, checks["contrast"] * checks["arc"], None, details, checks
+
+
+# The myocardium within this many mm of its farthest point from the base: a cap around the epicardial apex.
+APEX_CAP_DEPTH_MM = 4.0
+
+
+def apex_from_base(base_world: np.ndarray, myocardium: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, float]:
+    """The epicardial apex as the myocardium's far end from a known base (mitral valve centre), and a quality.
+
+    The LV is longer (base to apex 70-100 mm in adults) than it is wide at the base (epicardial radius 25-35 mm),
+    so the myocardium point farthest from the valve centre is the apex, whatever the LV's shape or orientation;
+    the voxels within APEX_CAP_DEPTH_MM of that distance form a cap round it, whose mean is the estimate. The
+    fallback when the net's base is sure and its apex is not. Quality: 1 when the cap is one compact patch
+    (spread ≤ 20 mm from its mean, an apex's curvature radius of 20-30 mm at 4 mm depth gives 13-15 mm), falling
+    to 0 at 30 mm (two far patches, e.g. opposite sides of a short, wide shell: no single apex).
+    """
+    mask = _largest_component(myocardium)
+    if not mask.any() or not np.all(np.isfinite(base_world)):
+        return np.full(3, np.nan), 0.0
+    world = _world(geometry, np.argwhere(mask))
+    distance = np.linalg.norm(world - np.asarray(base_world, float), axis=1)
+    cap = world[distance >= distance.max() - APEX_CAP_DEPTH_MM]
+    apex = cap.mean(axis=0)
+    spread = float(np.linalg.norm(cap - apex, axis=1).max())
+    return apex, _ramp(spread, 30.0, 20.0)

@@ -88,13 +88,13 @@ class ChosenLandmarks:
     names: tuple[str, ...]
     world_mm: np.ndarray
     confidence: np.ndarray  # the net's confidence, or the geometric method's quality
-    methods: tuple[str, ...]  # heatmap | geometric, per landmark
+    methods: tuple[str, ...]  # heatmap | apex_from_base | geometric, per landmark
     failed_attempts: list[str]
 
     @property
     def source(self) -> str:
-        """heatmap, geometric, or heatmap+geometric when the fallback replaced only the net's failed landmarks."""
-        return "+".join(m for m in ("heatmap", "geometric") if m in self.methods)
+        """The methods used, joined by + (heatmap; heatmap+apex_from_base; heatmap+geometric; geometric; ...)."""
+        return "+".join(m for m in ("heatmap", "apex_from_base", "geometric") if m in self.methods)
 
     def as_json(self) -> dict:
         return {
@@ -105,15 +105,17 @@ class ChosenLandmarks:
 
 
 def choose_landmarks(det, image: np.ndarray, mask: np.ndarray, geometry, cfg: LandmarkConfig) -> ChosenLandmarks:
-    """The net's landmarks where they pass; the geometric fallback's for the others; else PatientInputError
-    listing each attempt.
+    """The net's landmarks where they pass; fallbacks for the others; else PatientInputError listing each attempt.
 
     The net was trained on phantom images; on studies unlike them it can be unsure, or sure of a peak off the
     heart, while the masks and the image's own contrast still show where the LV axis and the RV lie. A net
-    landmark that passes is kept (it is the more precise method where it works), a failed one is replaced by the
-    geometric one, and when the net's three points pass one by one but cannot span the AHA frame, the geometric
-    set replaces them all.
+    landmark that passes is kept (it is the more precise method where it works). A failed apex is taken as the
+    myocardium's far end from the net's base when that base passed (`apex_from_base`); any landmark still
+    missing comes from the geometric method. When the net's three points pass one by one but cannot span the
+    AHA frame, the geometric set replaces them all.
     """
+    from ctp_steps.landmarks.geometric import apex_from_base
+
     names = tuple(det.names)
     net_problems = landmark_problems(names, det.world_mm, det.confidence,
                                      distance_to_mask_mm(det.world_mm, mask, geometry), cfg, cfg.min_confidence)
@@ -123,29 +125,43 @@ def choose_landmarks(det, image: np.ndarray, mask: np.ndarray, geometry, cfg: La
     attempts = [f"heatmap: {net_frame or '; '.join(net_problems.values())}"]
     tried = None
     if cfg.fallback == "geometric":
-        from ctp_steps.landmarks.geometric import geometric_landmarks
+        found: dict[str, tuple[np.ndarray, float, str]] = {}  # name -> (world, score, method)
+        if net_frame is None:
+            found = {n: (det.world_mm[i], float(det.confidence[i]), "heatmap")
+                     for i, n in enumerate(names) if n not in net_problems}
+        if "apex" not in found and found.get("base", (None, None, ""))[2] == "heatmap":
+            apex, quality = apex_from_base(found["base"][0], mask, geometry)
+            problem = landmark_problems(("apex",), apex[None], np.array([quality]),
+                                        distance_to_mask_mm(apex[None], mask, geometry), cfg,
+                                        cfg.min_geometric_quality, "quality")
+            if problem:
+                attempts.append(f"apex_from_base: {problem['apex']}")
+            else:
+                found["apex"] = (apex, quality, "apex_from_base")
+        problem = None
+        if len(found) < len(names):
+            from ctp_steps.landmarks.geometric import geometric_landmarks
 
-        geo = geometric_landmarks(image, mask, geometry)
-        log.info("geometric landmarks: %s (%s)", geo.as_json(), geo.failure or "no failure")
-        tried = {**geo.as_json(), "failure": geo.failure}
-        geo_world = dict(zip(geo.names, geo.world_mm))
-        geo_quality = dict(zip(geo.names, geo.quality))
-        geo_problems = landmark_problems(geo.names, geo.world_mm, geo.quality,
-                                         distance_to_mask_mm(geo.world_mm, mask, geometry), cfg,
-                                         cfg.min_geometric_quality, "quality")
-        # the net's passing landmarks, the geometric ones for the rest (all of them if the net's set cannot span)
-        use_net = [n not in net_problems and net_frame is None for n in names]
-        missing = [n for n, net in zip(names, use_net) if not net and n in geo_problems]
-        if missing:
-            problem = "; ".join(geo_problems[n] for n in missing)
-        else:
-            world = np.array([det.world_mm[i] if use_net[i] else geo_world[n] for i, n in enumerate(names)])
+            geo = geometric_landmarks(image, mask, geometry)
+            log.info("geometric landmarks: %s (%s)", geo.as_json(), geo.failure or "no failure")
+            tried = {**geo.as_json(), "failure": geo.failure}
+            geo_problems = landmark_problems(geo.names, geo.world_mm, geo.quality,
+                                             distance_to_mask_mm(geo.world_mm, mask, geometry), cfg,
+                                             cfg.min_geometric_quality, "quality")
+            missing = [n for n in names if n not in found and n in geo_problems]
+            if missing:
+                problem = "; ".join(geo_problems[n] for n in missing)
+            else:
+                i_of = {n: i for i, n in enumerate(geo.names)}
+                found.update({n: (geo.world_mm[i_of[n]], float(geo.quality[i_of[n]]), "geometric")
+                              for n in names if n not in found})
+        if problem is None:
+            world = np.array([found[n][0] for n in names])
             problem = frame_problem(dict(zip(names, world)), cfg)
             if problem is None:
-                score = np.array([det.confidence[i] if use_net[i] else geo_quality[n] for i, n in enumerate(names)])
-                methods = tuple("heatmap" if net else "geometric" for net in use_net)
-                return ChosenLandmarks(names, world, score, methods, attempts)
-        attempts.append(f"geometric: {problem}" + (f" ({geo.failure})" if geo.failure else ""))
+                return ChosenLandmarks(names, world, np.array([found[n][1] for n in names]),
+                                       tuple(found[n][2] for n in names), attempts)
+        attempts.append(f"geometric: {problem}" + (f" ({tried['failure']})" if tried and tried["failure"] else ""))
     raise PatientInputError(
         "; ".join(attempts) if len(attempts) > 1 else attempts[0].removeprefix("heatmap: "),
         diagnostic=partial(_landmark_failure_figure, geometric=tried),  # the caller adds what it saw

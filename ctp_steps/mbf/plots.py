@@ -10,19 +10,14 @@ import pandas as pd
 
 from ctp_steps.aha import SEGMENT_TERRITORY
 from ctp_steps.bullseye import draw_bullseye
-from ctp_steps.figures import save_png
+from ctp_steps.figures import save_png, subplots
 
 TERRITORY_COLOURS = {"LAD": "tab:blue", "RCA": "tab:green", "LCX": "tab:red"}
 
 
 def mbf_figure(est, tac: pd.DataFrame, segments: pd.DataFrame, out_png: Path) -> None:
     """AIF (measured and model), segment mean curves with fits (`tac`: the stage's tac_table), MBF bull's-eye."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = subplots(1, 3, figsize=(15, 4.2))
     aif = tac[tac.curve == "aif"]
     for kind, style in (("measured", "o"), ("model", "-")):
         part = aif[aif.kind == kind]

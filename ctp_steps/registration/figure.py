@@ -69,12 +69,7 @@ def plot_registration(
     `report` is register_arrays' report (reference frame, per-frame Dice); without it (excluded before
     registration ran) the frames are shown against the first frame with an LV, before registration only.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ctp_steps.figures import save_png
+    from ctp_steps.figures import save_png, subplots
 
     lv = masks == LV_BLOOD
     if report is not None:
@@ -91,7 +86,7 @@ def plot_registration(
     ref_lv = lv[reference, z, rows, cols].astype(float)
 
     n_rows = 2 if after else 1
-    fig, axes = plt.subplots(n_rows, len(ks), figsize=(2.6 * len(ks) + 0.4, 2.8 * n_rows + 0.9), squeeze=False)
+    fig, axes = subplots(n_rows, len(ks), figsize=(2.6 * len(ks) + 0.4, 2.8 * n_rows + 0.9), squeeze=False)
     for c, k in enumerate(ks):
         panels = [("before", frames[k], lv[k], dice(lv[k], lv[reference]))]
         if after:

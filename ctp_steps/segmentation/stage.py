@@ -68,12 +68,7 @@ def plot_mask_overlays(
     """
     import textwrap
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ctp_steps.figures import save_png
+    from ctp_steps.figures import save_png, subplots
 
     n = len(images)
     picked = list(dict.fromkeys([k for k in (frames or []) if 0 <= k < n]))[:most]
@@ -81,7 +76,7 @@ def plot_mask_overlays(
     shown = sorted(picked + rest[: max(most - len(picked), 0)]) or [0]
     colors = ("tab:red", "yellow", "cyan", "lime")
     aspect = geometry.spacing[1] / geometry.spacing[0]
-    fig, axes = plt.subplots(1, len(shown), figsize=(2.8 * len(shown) + 0.4, 3.6), squeeze=False)
+    fig, axes = subplots(1, len(shown), figsize=(2.8 * len(shown) + 0.4, 3.6), squeeze=False)
     for ax, k in zip(axes[0], shown):
         fg = np.isin(labels[k], list(classes))
         area = fg.reshape(len(fg), -1).sum(axis=1)
