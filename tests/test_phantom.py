@@ -234,6 +234,11 @@ def test_rv_span_turns_the_insertion_about_the_long_axis():
     a, b = radial(narrow.truth["landmarks"]["rv_insertion"]), radial(wide.truth["landmarks"]["rv_insertion"])
     turned = np.degrees(np.arccos(a @ b / np.linalg.norm(a) / np.linalg.norm(b)))
     assert turned == pytest.approx(20.0, abs=0.5)
+    # the thickest point at 35 % of the span instead of the middle: the anterior insertion 18° nearer the septum
+    skewed = generate_patient(spec, TINY.model_copy(update={"rv_septum_fraction": (0.35, 0.35)}))
+    c = radial(skewed.truth["landmarks"]["rv_insertion"])
+    assert np.degrees(np.arccos(a @ c / np.linalg.norm(a) / np.linalg.norm(c))) == pytest.approx(18.0, abs=0.5)
+    np.testing.assert_array_equal(skewed.labels == 2, narrow.labels == 2)
     grown = np.count_nonzero(wide.labels == 4) / np.count_nonzero(narrow.labels == 4)
     assert 1.15 < grown < 1.6, grown  # a 160° crescent against a 120° one (same thickness profile)
     np.testing.assert_array_equal(wide.labels == 2, narrow.labels == 2)

@@ -7,8 +7,9 @@ as in ctp_steps.aha):
   ellipsoid, myocardium between endo- and epicardial ellipsoids. The apical wall
   is apex_cap_fraction/(1 − fraction) × cavity length, so the endocardial apex
   lies exactly where AHA segment 17 starts.
-- RV: a crescent on the septal side (θ from 0 to 2h, thickest at the septum's
-  centre θ = h; h = 60° by default, drawn from `rv_half_angle_deg`), from
+- RV: a crescent on the septal side (θ from 0 to 2h, thickest at θ = 2h·f;
+  h = 60° and f = 0.5 by default, drawn from `rv_half_angle_deg` and
+  `rv_septum_fraction`), from
   slightly above the base plane to 80 % of the LV length, with a
   thin free wall; epicardial fat around both; left atrium beyond the base plane
   behind a 2 mm valve plane.
@@ -104,7 +105,18 @@ class RightVentricle:
     wall: float
     a0: float  # axial extent (mm from the base plane)
     a1: float
-    half_angle: float = 60.0  # the crescent spans θ ∈ [0, 2·half_angle]; the septum's centre is at θ = half_angle
+    half_angle: float = 60.0  # the crescent spans θ ∈ [0, 2·half_angle] (anterior to inferior insertion)
+    septum_fraction: float = 0.5  # its thickest point lies this fraction of the span from the anterior insertion
+
+    @property
+    def anterior_span(self) -> float:
+        """Degrees from the anterior insertion to the thickest point."""
+        return 2.0 * self.half_angle * self.septum_fraction
+
+    @property
+    def inferior_span(self) -> float:
+        """Degrees from the thickest point to the inferior insertion."""
+        return 2.0 * self.half_angle * (1.0 - self.septum_fraction)
 
 
 @dataclass(frozen=True)
@@ -176,6 +188,7 @@ class Anatomy:
             "lv_apical_wall_mm": lv.apical_wall,
             "rv_thickness_mm": rv.thickness,
             "rv_half_angle_deg": rv.half_angle,
+            "rv_septum_fraction": rv.septum_fraction,
             "aorta_center_xy_mm": list(b.aorta_xy),
             "aorta_radius_mm": b.aorta_radius,
             "torso_semi_axes_mm": list(b.torso_ab),
@@ -263,7 +276,7 @@ def _draw_heart(
     mid = grid_center(grid) + rng.uniform(-1, 1, size=3) * jitter
     lv = replace(lv0, base=mid - lv0.length / 2 * u)
     rv = RightVentricle(
-        thickness=rng.uniform(14.0, 22.0),
+        thickness=uniform(rng, params.rv_thickness_mm),
         wall=rng.uniform(2.5, 4.0),
         a0=-rng.uniform(8.0, 15.0),
         a1=rng.uniform(0.7, 0.8) * lv.length,
@@ -272,9 +285,11 @@ def _draw_heart(
     lo, hi = params.rv_half_angle_deg
     half_angle = float(rng.uniform(lo, hi)) if hi > lo else lo  # drawn last and only when it varies:
     # the default cohort's random stream is unchanged
-    ref = _rotate(septum, u, -np.radians(half_angle))  # θ = 0 at the anterior RV insertion
+    lo, hi = params.rv_septum_fraction
+    fraction = float(rng.uniform(lo, hi)) if hi > lo else lo  # likewise
+    rv = replace(rv, half_angle=half_angle, septum_fraction=fraction)
+    ref = _rotate(septum, u, -np.radians(rv.anterior_span))  # θ = 0 at the anterior RV insertion
     lv = replace(lv, ref=ref, ortho=np.cross(u, ref))
-    rv = replace(rv, half_angle=half_angle)
     return lv, rv, la
 
 
@@ -290,8 +305,8 @@ def _heart_surface_points(
     rho = lv.epi_rho(a, extra)
     pts.append(_cyl_points(lv, a, rho, phi))
     a = np.linspace(rv.a0 - 4 - extra, rv.a1 + 4 + extra, 41)[None, :]
-    half = np.radians(rv.half_angle + 8 + extra)
-    ang = np.radians(rv.half_angle) + np.linspace(-half, half, 37)[:, None]
+    lo, hi = np.radians(rv.anterior_span + 8 + extra), np.radians(rv.inferior_span + 8 + extra)
+    ang = np.radians(rv.anterior_span) + np.linspace(-lo, hi, 37)[:, None]
     rho = lv.epi_rho(a) + (rv.thickness + rv.wall + extra) * _rv_axial_profile(rv, a, 4 + extra)
     pts.append(_cyl_points(lv, a, rho * np.ones_like(ang), ang))
     centre = -(_VALVE_GAP_MM + la.half_length)
@@ -438,24 +453,26 @@ def heart_fields(anat: Anatomy, box: Box) -> HeartFields:
     blood = below_base & (lam_endo < 1)
     myo = below_base & (lam_endo >= 1) & (lam_epi < 1)
 
-    phi = (theta - rv.half_angle + 180.0) % 360.0 - 180.0  # angle from the septum's centre
+    phi = (theta - rv.anterior_span + 180.0) % 360.0 - 180.0  # angle from the RV's thickest point
     epi = lv.epi_rho(a)
 
-    def crescent(thick: float, half_angle: float, grow: float) -> np.ndarray:
+    def crescent(thick: float, wider_deg: float, grow: float) -> np.ndarray:
+        """RV-shaped shell `thick` mm deep at its thickest, its angular span widened by `wider_deg` each side."""
+        half_angle = np.where(phi < 0, rv.anterior_span + wider_deg, rv.inferior_span + wider_deg)
         c = np.clip(phi / half_angle, -1, 1)
         width = thick * np.sqrt(1 - c * c) * _rv_axial_profile(rv, a, grow)
         return (np.abs(phi) < half_angle) & (rho >= epi) & (rho - epi < width)
 
-    rv_blood = crescent(rv.thickness, rv.half_angle, 0.0)
-    rv_outer = crescent(rv.thickness + rv.wall, rv.half_angle + 8, 4.0)
-    fat = crescent(rv.thickness + rv.wall + _EPI_FAT_MM, rv.half_angle + 8 + _EPI_FAT_MM, 4.0 + _EPI_FAT_MM)
+    rv_blood = crescent(rv.thickness, 0.0, 0.0)
+    rv_outer = crescent(rv.thickness + rv.wall, 8, 4.0)
+    fat = crescent(rv.thickness + rv.wall + _EPI_FAT_MM, 8 + _EPI_FAT_MM, 4.0 + _EPI_FAT_MM)
     fat |= (a >= -_EPI_FAT_MM) & (lam(lv.epi_half_length + _EPI_FAT_MM, lv.epi_radius + _EPI_FAT_MM) < 1)
     la_axial = (a + _VALVE_GAP_MM + la.half_length) / la.half_length
     la_blood = la_axial**2 + (rho / la.radius) ** 2 < 1
 
     m = _MEDIASTINUM_MM
     envelope = lam(lv.epi_half_length + m, lv.epi_radius + m) < 1
-    envelope |= crescent(rv.thickness + rv.wall + m, rv.half_angle + 8 + m, 4.0 + m)
+    envelope |= crescent(rv.thickness + rv.wall + m, 8 + m, 4.0 + m)
     envelope |= ((a + _VALVE_GAP_MM + la.half_length) / (la.half_length + m)) ** 2 + (
         rho / (la.radius + m)
     ) ** 2 < 1

@@ -114,6 +114,14 @@ class PhantomParams(BaseModel):
         "anterior and inferior RV insertions lie this far either side of the septum's centre. 60 (a 120° "
         "septum, the span the AHA 17-segment model assumes) by default; drawn only when the range is not one value.",
     )
+    rv_septum_fraction: Range = Field(
+        (0.5, 0.5),
+        description="Where the RV crescent is thickest, as a fraction of its span from the anterior insertion "
+        "(0.5: symmetric); drawn only when the range is not one value.",
+    )
+    rv_thickness_mm: Range = Field(
+        (14.0, 22.0), description="Largest depth of the RV cavity over the septum (mm)."
+    )
     apex_cap_fraction: float = Field(
         0.1,
         gt=0,
@@ -280,7 +288,8 @@ def randomised_training_phantom() -> PhantomParams:
     cavities ~20 % above normal); aortic peaks 250–800 HU (iodine's HU per mg/mL rises ~1.6× from 120 to
     70–80 kVp around typical 300–600 HU first-pass peaks); the RV's septal contact spanning 90–170° (the AHA
     model assumes 120°; a small RV covers less of the septum, a dilated or pressure-loaded RV wraps further
-    round the LV)."""
+    round the LV), thickest anywhere in the middle 30 % of that span, 10–30 mm deep (a small RV to one dilated
+    to ~1.5× the default's)."""
     return PhantomParams(
         lv_axis_tilt_max_deg=25.0,
         noise_sd_hu=(5.0, 40.0),
@@ -290,4 +299,6 @@ def randomised_training_phantom() -> PhantomParams:
         wall_thickness_mm=(6.0, 15.0),
         aif_peak_hu=(250.0, 800.0),
         rv_half_angle_deg=(45.0, 85.0),
+        rv_septum_fraction=(0.35, 0.65),
+        rv_thickness_mm=(10.0, 30.0),
     )
