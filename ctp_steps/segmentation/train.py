@@ -283,7 +283,7 @@ def train_model(
         "train_wall_s": round(wall_s, 1),
         "threads": tr.threads,
         "device": str(dev),
-        "init": str(init) if init else None,
+        "init": Path(init).name if init else None,  # a file name: a path would carry the trainer's folders into outputs
         "parameters": parameter_count(net),
         "validation": final,
         "history": history,
