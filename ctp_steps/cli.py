@@ -145,9 +145,10 @@ def keep_freed_memory_for_reuse() -> bool:
     A stage allocates and frees the same large arrays over and over (a net's layer outputs, the frames'
     resampled copies); by default glibc serves blocks above a threshold that starts at 128 kB with fresh
     mmap's and trims the heap top on every free, so each reuse pays page faults and zeroing in the kernel:
-    a quarter of `segment_frames`' CPU time was system time (BENCHMARKS.md, "Allocator"). The mmap threshold
-    at its 32 MiB ceiling and trimming only above 256 MiB of free heap keep that memory mapped; blocks above
-    32 MiB are still mmap'd and at most 256 MiB of freed heap stays resident, so the peak RSS barely moves.
+    a quarter of `segment_frames`' CPU time was system time (BENCHMARKS.md, "Start-up and allocator, per
+    stage"). The mmap threshold at its 32 MiB ceiling and trimming only above 256 MiB of free heap keep that
+    memory mapped; blocks above 32 MiB are still mmap'd and at most 256 MiB of freed heap stays resident, so
+    the peak RSS barely moves.
     False where the C library is not glibc (nothing changes).
     """
     import ctypes

@@ -9,7 +9,8 @@ def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], sq
     """A figure and its axes without pyplot (as `plt.subplots`).
 
     pyplot would pick a GUI backend and keep every figure in a global registry; a stage process writes one or two
-    PNGs, and importing pyplot cost each of them 0.4-0.7 s of start-up (BENCHMARKS.md, "Start-up").
+    PNGs, and importing pyplot cost each of them 0.4-0.7 s of start-up (BENCHMARKS.md, "Start-up and
+    allocator, per stage").
     """
     from matplotlib.figure import Figure
 
