@@ -100,6 +100,15 @@ PATIENT_COLUMNS: list[pa.Field] = [
     *[pa.field(f"mbf_{region}_{stat}", pa.float64()) for region in ("global", "lad", "rca", "lcx")
       for stat in ("se", "ci_low", "ci_high")],
     pa.field("mbf_reliable", pa.bool_()),
+    # The estimator behind the regularised map (mbf.estimator; null without shared kinetics), the patient's
+    # kinetics it used, and (bayesian) the between-segment spread its pooling estimated (ctp_steps/mbf/bayes.py)
+    pa.field("mbf_estimator", pa.string()),
+    pa.field("mbf_kinetics_ve", pa.float64()),
+    pa.field("mbf_kinetics_vb", pa.float64()),
+    pa.field("mbf_kinetics_delay_s", pa.float64()),
+    pa.field("mbf_segment_spread_log_ve", pa.float64()),
+    pa.field("mbf_segment_spread_log_vb", pa.float64()),
+    pa.field("mbf_segment_spread_delay_s", pa.float64()),
     # Extraction sensitivity (ctp_steps/mbf/extraction.py): the preset used (mbf.extraction; null for methods
     # without K1), global MBF of the same K1 map under every preset, and min/max over the configured and the
     # published iodinated-contrast presets. A MODEL interval (spread over extraction models), not a confidence

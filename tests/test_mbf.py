@@ -224,8 +224,19 @@ def test_unusable_aif_excludes_the_patient(hu, phrase):
 
 
 # ---------------------------------------------------------------- a small ring phantom
-def ring_patient(noise_hu: float, seed: int = 0) -> tuple[PerfusionInputs, np.ndarray]:
-    """A 4-slice LV ring: 12 segments (basal 1-6, mid 7-12), LAD sectors ischemic; truth MBF map."""
+RING_KINETICS = (0.25, 0.1, 1.5)  # ve, vb, delay (s) of the ring's myocardium
+
+
+def ring_patient(
+    noise_hu: float,
+    seed: int = 0,
+    kinetics: tuple[float, float, float] = RING_KINETICS,
+    ischemic_kinetics: tuple[float, float, float] | None = None,
+) -> tuple[PerfusionInputs, np.ndarray]:
+    """A 4-slice LV ring: 12 segments (basal 1-6, mid 7-12), LAD sectors ischemic; truth MBF map.
+
+    `kinetics` (ve, vb, delay) of every voxel, or of the remote ones where `ischemic_kinetics` gives the
+    ischemic sectors their own."""
     rng = np.random.default_rng(seed)
     nz, ny, nx = 4, 26, 26
     _, yy, xx = np.meshgrid(np.arange(nz), np.arange(ny) - 12.5, np.arange(nx) - 12.5, indexing="ij")
@@ -237,7 +248,11 @@ def ring_patient(noise_hu: float, seed: int = 0) -> tuple[PerfusionInputs, np.nd
     aha = np.where(myo, np.where(zz < 2, 1 + ring6, 7 + ring6), 0).astype(np.uint8)
     mbf = np.where(np.isin(aha, (1, 2, 7, 8)), 70.0, 200.0) * myo
     k1 = np.where(myo, RenkinCrone(60.0, 0.5).k1(np.maximum(mbf, 1.0)), 0.0) / 6000.0
-    theta = np.stack([k1[myo], k1[myo] / 0.25, np.full(myo.sum(), 0.1), np.full(myo.sum(), 1.5)], axis=1)
+    ischemic = np.isin(aha, (1, 2, 7, 8))[myo]
+    ve, vb, delay = (
+        np.where(ischemic, i, r) for r, i in zip(kinetics, ischemic_kinetics or kinetics)
+    )
+    theta = np.stack([k1[myo], k1[myo] / ve, vb, delay], axis=1)
     _, curves = tissue_curves(theta)
     series = np.full((len(TIMES), nz, ny, nx), 40.0)
     series[:, myo] += curves.T
@@ -328,6 +343,8 @@ MBF_RECORD_KEYS = {
     "mbf_global", "mbf_raw_global", "mbf_lad", "mbf_rca", "mbf_lcx", "mbf_myocardium_ml", "mbf_aif_peak_hu",
     "mbf_aif_baseline_hu", "mbf_aif_fit_rms_hu", "bolus_arrival_s", "n_baseline_frames", "mbf_method", "tissue_delay_s",
     "mbf_working_spacing_mm", "mbf_reliable", "mbf_extraction", "mbf_extraction_low", "mbf_extraction_high",
+    "mbf_estimator", "mbf_kinetics_ve", "mbf_kinetics_vb", "mbf_kinetics_delay_s", "mbf_segment_spread_log_ve",
+    "mbf_segment_spread_log_vb", "mbf_segment_spread_delay_s",
     *(f"mbf_global_{p}" for p in ("project_default", "ct_pet_2023", "sucrose_ps_1984", "unity")),
     *(f"mbf_{region}_{stat}" for region in ("global", "lad", "rca", "lcx") for stat in ("se", "ci_low", "ci_high")),
 }

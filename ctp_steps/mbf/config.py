@@ -10,6 +10,8 @@ Method = Literal["upslope", "one_compartment", "fermi"]
 METHODS: tuple[Method, ...] = ("upslope", "one_compartment", "fermi")
 # Named K1 -> flow models (ctp_steps/mbf/extraction.py says the source of each).
 ExtractionPreset = Literal["project_default", "ct_pet_2023", "sucrose_ps_1984", "unity"]
+# How the one-compartment kinetics behind the regularised map are estimated (ctp_steps/mbf/bayes.py).
+Estimator = Literal["least_squares", "bayesian"]
 
 
 class RegularisationConfig(BaseModel):
@@ -79,6 +81,77 @@ class UncertaintyConfig(BaseModel):
     )
 
 
+class KineticsPriors(BaseModel):
+    """Priors of the `bayesian` estimator on the nuisance kinetics (ctp_steps/mbf/bayes.py), from physiology.
+
+    Gaussian on log ve, log vb and the delay (s). Centres are published physiology, not this project's
+    phantoms (the training phantom fixes ve at 0.25 and draws vb in 0.08-0.12 and the delay in 1-2 s;
+    the shifted family draws ve 0.15-0.25, vb 0.10-0.15, delay 2-3.5 s); the widths put tens of percent
+    of prior mass well outside either. The `segment_*` widths are how far one AHA segment's kinetics may
+    stray from its patient's (partial pooling): a scar or an ischemic bed changes ve, vb and arrival.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ve_median: float = Field(
+        0.20,
+        gt=0,
+        lt=1,
+        description="Median of ve (extravascular extracellular volume fraction). Normal myocardial ECV is "
+        "25.3 +- 3.5 % by T1 mapping (Haaf et al., J Cardiovasc Magn Reson 2016;18:89; CT ECV agrees), and ECV "
+        "includes plasma (~0.05 at vb 0.1, haematocrit 0.45), leaving ~0.20 outside the vessels.",
+    )
+    ve_log_sd: float = Field(
+        0.4,
+        gt=0,
+        description="SD of log ve: 95 % of the prior in 0.09-0.44, from thin normal interstitium to diffuse "
+        "fibrosis and infarct ECV (0.4-0.5+, same review).",
+    )
+    vb_median: float = Field(
+        0.10,
+        gt=0,
+        lt=1,
+        description="Median of vb (myocardial blood volume, whole blood, mL/mL): about 0.1 mL/g, most of it "
+        "capillary, rising a little at hyperaemia (Kaul & Jayaweera, Circulation 1997;96:719-24).",
+    )
+    vb_log_sd: float = Field(0.5, gt=0, description="SD of log vb: 95 % of the prior in 0.04-0.27.")
+    delay_mean_s: float = Field(
+        2.0,
+        description="Mean delay from the aortic AIF to myocardial arrival (s): the transit through the epicardial "
+        "arteries, seconds at hyperaemia and longer behind a stenosis; the delay between AIF and tissue is a "
+        "free parameter of the perfusion-quantification models reviewed by Jerosch-Herold (J Cardiovasc Magn "
+        "Reson 2010;12:57). Weakly informative.",
+    )
+    delay_sd_s: float = Field(2.0, gt=0, description="SD of the delay (s): 95 % of the prior in 0-6 s (truncated at 0).")
+    segment_ve_log_sd: float = Field(
+        0.25,
+        gt=0,
+        description="Partial pooling: SD of a segment's log ve about its patient's. ECV of remote and diseased "
+        "segments of one heart differ by ~0.05-0.2 (the review above).",
+    )
+    segment_vb_log_sd: float = Field(
+        0.3, gt=0, description="Partial pooling: SD of a segment's log vb about its patient's (ischemic beds recruit "
+        "less)."
+    )
+    segment_delay_sd_s: float = Field(
+        1.0, gt=0, description="Partial pooling: SD of a segment's delay about its patient's (s); a stenosis or "
+        "collateral supply delays its territory by about a second or more."
+    )
+
+    def population(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """(means, SDs) of (log ve, log vb, delay) of the patient-level prior."""
+        import math
+
+        return (
+            (math.log(self.ve_median), math.log(self.vb_median), self.delay_mean_s),
+            (self.ve_log_sd, self.vb_log_sd, self.delay_sd_s),
+        )
+
+    def segment_sds(self) -> tuple[float, float, float]:
+        """SDs of (log ve, log vb, delay) of a segment about its patient's kinetics."""
+        return (self.segment_ve_log_sd, self.segment_vb_log_sd, self.segment_delay_sd_s)
+
+
 class MBFConfig(BaseModel):
     """Myocardial blood flow: curves, fitting method, extraction correction, numerics."""
 
@@ -88,6 +161,17 @@ class MBFConfig(BaseModel):
         "one_compartment",
         description="upslope (max tissue slope / peak AIF), one_compartment (K1, k2, vb, delay) "
         "or fermi (Fermi-constrained deconvolution, MBF = residue amplitude).",
+    )
+    estimator: Estimator = Field(
+        "least_squares",
+        description="one_compartment with regularisation.shared_kinetics: least_squares fits one delay, ve and vb "
+        "per patient (least squares on the mean deep-voxel curve) and every voxel K1 alone under them; bayesian "
+        "(ctp_steps/mbf/bayes.py) fits the patient's kinetics as a posterior mode under `priors`, then each AHA "
+        "segment's own kinetics shrunk towards the patient's (partial pooling), and every voxel K1 alone under "
+        "its segment's; SEs are Laplace approximations of the posterior. BENCHMARKS.md compares the two.",
+    )
+    priors: KineticsPriors = Field(
+        default_factory=KineticsPriors, description="Priors of the bayesian estimator (published physiology)."
     )
     renkin_crone: bool = Field(
         True,

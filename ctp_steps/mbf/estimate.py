@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ctp_steps.mbf.bayes import PooledKinetics, fit_by_segment, pooled_kinetics
 from ctp_steps.mbf.config import MBFConfig, Method
 from ctp_steps.mbf.extraction import extraction_model
 from ctp_steps.mbf.fit import FitResult, SharedKinetics, fit_curves
@@ -47,6 +48,7 @@ class MBFEstimate:
     raw: FitResult  # voxel-wise
     regularised: FitResult  # what mbf.nii.gz holds
     shared: SharedKinetics | None  # patient-level kinetics of the regularised fit
+    pooled: PooledKinetics | None  # bayesian estimator: patient and per-segment posterior kinetics
     segment_ids: np.ndarray  # (S,)
     segment_curves: np.ndarray  # (S, T) mean enhancement per segment
     segment_fit: FitResult  # fit of the segment mean curves, same model as the regularised map
@@ -109,17 +111,28 @@ def estimate_mbf(
 
     reg = cfg.regularisation
     raw = fit(work_curves)
-    shared = None
+    shared, pooled = None, None
     regularised = raw
     n_offsets = 0
+
+    def fit_kinetics(y: np.ndarray, labels: np.ndarray) -> FitResult:
+        """Fit under the kinetics in use: the pooled segment ones, the patient's, or none (all free)."""
+        return fit(y, shared) if pooled is None else fit_by_segment(y, labels, pooled, fit)
+
     if reg.enabled:
         hood = Neighbourhood.build(grid.mask, grid.spacing_mm, reg.radius_mm, device, reg.min_offset_spacing_mm)
         n_offsets = hood.n_offsets
         sources = hood.deep(reg.min_depth_mm)
-        if method == "one_compartment" and reg.shared_kinetics:
+        if method == "one_compartment" and reg.shared_kinetics and cfg.estimator == "bayesian":
+            pooled = pooled_kinetics(
+                work_curves[sources], grid.segments[sources], work_curves, grid.segments, aif, cfg.priors,
+                max_delay_s=cfg.max_delay_s, max_iter=cfg.max_iter, device=device,
+            )
+            shared = pooled.patient.kinetics(0)
+        elif method == "one_compartment" and reg.shared_kinetics:
             shared = shared_kinetics(work_curves[sources], fit)
         regularised = _regularised_fit(
-            work_curves, grid.segments, hood, sources, cfg, device, lambda y: fit(y, shared)
+            work_curves, grid.segments, hood, sources, cfg, device, lambda y: fit_kinetics(y, grid.segments)
         )
     segment_ids, segment_curves = segment_mean_curves(curves, segments)
     return MBFEstimate(
@@ -131,9 +144,10 @@ def estimate_mbf(
         raw=grid.to_native(raw),
         regularised=grid.to_native(regularised),
         shared=shared,
+        pooled=pooled,
         segment_ids=segment_ids,
         segment_curves=segment_curves,
-        segment_fit=fit(segment_curves, shared),
+        segment_fit=fit_kinetics(segment_curves, segment_ids),
         working_spacing_mm=grid.spacing_mm,
         n_offsets=n_offsets,
     )

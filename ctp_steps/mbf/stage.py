@@ -166,7 +166,25 @@ def mbf_record(est: MBFEstimate, geometry: Geometry, cfg: MBFConfig) -> dict:
     }
     for terr, segs in TERRITORY_SEGMENTS.items():
         record[f"mbf_{terr.lower()}"] = _mean_or_none(mbf[np.isin(est.segments, segs)])
-    return record | extraction_record(est, cfg)
+    return record | kinetics_record(est, cfg) | extraction_record(est, cfg)
+
+
+KINETICS_KEYS = ["mbf_kinetics_ve", "mbf_kinetics_vb", "mbf_kinetics_delay_s", "mbf_segment_spread_log_ve",
+                 "mbf_segment_spread_log_vb", "mbf_segment_spread_delay_s"]
+
+
+def kinetics_record(est: MBFEstimate, cfg: MBFConfig) -> dict:
+    """Which estimator made the regularised map and the patient's kinetics it used (None where not shared).
+
+    The bayesian estimator adds the between-segment spread its pooling estimated (ctp_steps/mbf/bayes.py).
+    """
+    record: dict = {"mbf_estimator": cfg.estimator if est.shared is not None else None} | dict.fromkeys(KINETICS_KEYS)
+    if est.pooled is not None:
+        return record | est.pooled.record()
+    if est.shared is not None:
+        record |= {"mbf_kinetics_ve": est.shared.ve, "mbf_kinetics_vb": est.shared.vb,
+                   "mbf_kinetics_delay_s": est.shared.delay_s}
+    return record
 
 
 def run(inputs: Inputs, outputs: Outputs, cfg: MBFConfig, ctx: Context) -> dict:
@@ -195,7 +213,8 @@ def run(inputs: Inputs, outputs: Outputs, cfg: MBFConfig, ctx: Context) -> dict:
     write_parquet(
         outputs.segments,
         segments,
-        metadata={"method": est.method, "units": "mL/100mL/min", "working_spacing_zyx_mm": working_spacing(est)},
+        metadata={"method": est.method, "units": "mL/100mL/min", "working_spacing_zyx_mm": working_spacing(est)}
+        | ({"estimator": cfg.estimator, "priors": cfg.priors.model_dump_json()} if est.pooled is not None else {}),
     )
     mbf_figure(est, tac, segments, outputs.qc)
     return mbf_record(est, data.geometry, cfg) | ({} if unc is None else unc.record)

@@ -394,6 +394,39 @@ def _value(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
+def _subset(fit: FitResult, sel: np.ndarray) -> FitResult:
+    return FitResult(fit.mbf[sel], fit.rate[sel], {k: v[sel] for k, v in fit.params.items()}, fit.sse[sel],
+                     fit.delay_s[sel])
+
+
+def _bayesian_uncertainty(est, cfg: MBFConfig, device: torch.device, names: list[str], curves: np.ndarray,
+                          means: np.ndarray, rc) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Voxel SEs and region summaries of the `bayesian` estimator (ctp_steps/mbf/bayes.py).
+
+    Regions: the K1 variance of the Laplace posterior of the region's mean curve, all four parameters free
+    under the prior the estimator used there (population for global, pooling for territories and segments).
+    Voxels: K1-only SE under their segment's kinetics plus g' C g with C that segment's posterior covariance.
+    """
+    from ctp_steps.mbf.bayes import region_posteriors
+
+    pooled = est.pooled
+    post = region_posteriors(curves, np.array([n == "global" for n in names]), pooled, est.aif, cfg.priors,
+                             max_delay_s=cfg.max_delay_s, max_iter=cfg.max_iter, device=device)
+    dof = len(est.aif.times_s) - 4
+    unc = MBFUncertainty(rate_se=np.sqrt(np.maximum(post.cov[:, 0, 0], 0.0)) * PER_S_TO_ML_100ML_MIN,
+                         sigma_hu=np.sqrt(post.sigma2), dof=dof)
+    voxel_se = np.full(len(est.regularised.mbf), np.nan)
+    seg_cov = pooled.segments.kinetics_cov()
+    for label in np.unique(est.segments):
+        sel = est.segments == label
+        where = np.flatnonzero(pooled.segment_ids == label)
+        cov = seg_cov[where[0]] if where.size else pooled.patient.kinetics_cov()[0]
+        part = fit_uncertainty(_subset(est.regularised, sel), est.aif, est.method, max_delay_s=cfg.max_delay_s,
+                               shared=pooled.of(int(label)), device=device, chunk=cfg.chunk_voxels, kinetics_cov=cov)
+        voxel_se[sel] = part.mbf_se(est.regularised.mbf[sel], rc)
+    return voxel_se, summary(means, unc, rc, cfg.max_mbf)
+
+
 def patient_uncertainty(
     est, cfg: MBFConfig, device: torch.device, rule: UncertaintyConfig, spacing_zyx_mm: tuple[float, float, float]
 ) -> PatientUncertainty:
@@ -423,6 +456,8 @@ def patient_uncertainty(
     if est.method == "upslope":
         nan = np.full(len(names), np.nan)
         voxel_se, regions = np.full(len(mbf), np.nan), {"se": nan, "ci_low": nan, "ci_high": nan}
+    elif est.pooled is not None:
+        voxel_se, regions = _bayesian_uncertainty(est, cfg, device, names, curves, means, rc)
     else:
         fits = region_fit(curves, est.aif, est.method, cfg, est.shared, device)
         kinetics_cov = None

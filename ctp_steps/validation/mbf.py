@@ -5,7 +5,10 @@ Per-patient rows follow ctp_steps.validation.rows (patient_id, center, stage, me
 target, value). MBF metrics have one target per method and map: `<method>`
 for the regularised map (`mbf.nii.gz` for the configured method; the others
 are re-estimated here from the same inputs), `<method>_raw` for the voxel-wise
-fit. The segment-level agreement (ICC, Bland-Altman) needs every patient, so
+fit. One-compartment with shared kinetics also re-estimates with the other
+`mbf.estimator` (target `one_compartment_<estimator>`, its uncertainty rows'
+targets `segment_<estimator>` / `global_<estimator>`): both estimators are
+measured on the same curves in one run. The segment-level agreement (ICC, Bland-Altman) needs every patient, so
 each patient also writes its segment comparison (`segment_rows`) and one
 cohort rule (`cohort_segment_metrics`) turns them into rows with
 patient_id = center = "all".
@@ -191,6 +194,11 @@ def mbf_patient_metrics(
             est = estimate_mbf(inputs, cfg, device, method=method)
             maps[method], maps[f"{method}_raw"] = est.volume(est.regularised.mbf), est.volume(est.raw.mbf)
     rows, segment_rows = [("mbf_ok", "all", 1.0)], []
+    other = other_estimator(cfg)
+    if other is not None:
+        target, alt_maps, alt_rows = other_estimator_rows(inputs, cfg, other, device, true_segments, truth["mbf_global"])
+        maps |= alt_maps
+        rows += alt_rows
     for target, mbf in maps.items():
         rows += [(k, target, v) for k, v in map_metrics(mbf, mask, true_mbf, true_myo, truth["mbf_global"]).items()]
         est_segments = segment_means(mbf, mask, aha)
@@ -199,6 +207,36 @@ def mbf_patient_metrics(
         ]
     rows += uncertainty_metrics(truth_dir, patient_dir, cfg.method)
     return patient_rows(truth_dir, "mbf", rows), pd.DataFrame(segment_rows, columns=SEGMENT_COLUMNS)
+
+
+def other_estimator(cfg) -> str | None:
+    """The `mbf.estimator` not configured, where the configuration has a choice (one_compartment, shared kinetics)."""
+    if cfg.method != "one_compartment" or not (cfg.regularisation.enabled and cfg.regularisation.shared_kinetics):
+        return None
+    return "bayesian" if cfg.estimator == "least_squares" else "least_squares"
+
+
+def other_estimator_rows(inputs, cfg, other: str, device, true_segments: np.ndarray, true_global: float):
+    """The other estimator on the same inputs: its map (target `one_compartment_<estimator>`) and its uncertainty
+    rows, whose targets carry the estimator's name (`segment_<estimator>`, `global_<estimator>`), so that both
+    estimators are measured in one run on the same curves."""
+    from ctp_steps.mbf.estimate import estimate_mbf
+    from ctp_steps.mbf.stage import segment_table
+    from ctp_steps.mbf.uncertainty import patient_uncertainty
+
+    alt = cfg.model_copy(update={"estimator": other})
+    est = estimate_mbf(inputs, alt, device)
+    target = f"one_compartment_{other}"
+    spacing = tuple(float(x) for x in reversed(inputs.geometry.spacing))
+    unc = patient_uncertainty(est, alt, device, alt.uncertainty, spacing)
+    record = unc.record | {"mbf_global": float(est.regularised.mbf.mean())}
+    rows = [
+        (metric, target if t == "one_compartment" else f"{t}_{other}", value)
+        for metric, t, value in uncertainty_rows(
+            segment_table(est, inputs.geometry, unc), true_segments, record, true_global, "one_compartment"
+        )
+    ]
+    return target, {target: est.volume(est.regularised.mbf)}, rows
 
 
 def icc_2_1(ratings: np.ndarray) -> float:
