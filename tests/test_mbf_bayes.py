@@ -153,3 +153,17 @@ def test_stage_records_the_estimator_and_its_priors(tmp_path):
     meta = pq.read_schema(tmp_path / "segments_mbf.parquet").metadata
     assert meta[b"estimator"] == b"bayesian"
     assert json.loads(meta[b"priors"])["ve_median"] == KineticsPriors().ve_median
+
+
+def test_a_patient_without_segment_labels_uses_its_own_kinetics():
+    """No AHA labels (e.g. a landmark fallback gave none): every voxel fits under the patient's posterior kinetics."""
+    from dataclasses import replace
+
+    inputs, _ = ring_patient(6.0)
+    inputs = replace(inputs, aha17=np.zeros_like(inputs.aha17))
+    cfg = MBFConfig(regularisation=RING_REG, estimator="bayesian")
+    est = estimate_mbf(inputs, cfg, CPU)
+    assert est.pooled is not None and est.pooled.segment_ids.size == 0
+    assert est.pooled.of(0) == est.shared and np.isfinite(est.regularised.mbf).all()
+    pu = patient_uncertainty(est, cfg, CPU, UncertaintyConfig(), (3.0, 2.5, 2.5))
+    assert pu.segments == {} and pu.record["mbf_global_se"] > 0 and np.isfinite(pu.voxel_se).all()

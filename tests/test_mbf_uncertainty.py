@@ -182,7 +182,8 @@ def test_patient_uncertainty_on_the_ring():
     from ctp_steps.mbf import MBFConfig
     from ctp_steps.mbf.estimate import estimate_mbf
 
-    cfg = MBFConfig(regularisation={"radius_mm": 8.0, "spatial_sigma_mm": 5.0})
+    # the least-squares estimator's SE model (shared kinetics + their covariance); bayesian: test_mbf_bayes.py
+    cfg = MBFConfig(regularisation={"radius_mm": 8.0, "spatial_sigma_mm": 5.0}, estimator="least_squares")
     out = {}
     for noise in (4.0, 12.0):
         inputs, _ = ring_patient(noise_hu=noise)
