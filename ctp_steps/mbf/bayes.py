@@ -41,6 +41,7 @@ from ctp_steps.mbf.fit import (
     OneCompartmentFitter,
     SharedKinetics,
     levenberg_marquardt,
+    parameter_covariance,
 )
 from ctp_steps.mbf.kinetics import GridAIF
 from ctp_steps.mbf.tac import ArterialInput
@@ -164,20 +165,11 @@ def map_fit(
             best_obj = torch.where(better, obj, best_obj)
     curve_aug, jac_aug = prior.model(best_theta, rows)
     sse = ((y - curve_aug[:, :frames]) ** 2).sum(-1)
-    cov = _laplace_covariance(jac_aug, sigma2)
+    # Laplace: sigma^2 (J'J)^-1 of the augmented Jacobian = (Fisher information + prior precision)^-1
+    cov = parameter_covariance(jac_aug, sigma2, rtol=1e-12)
     return PosteriorFit(
         theta=best_theta.cpu().numpy(), cov=cov.cpu().numpy(), sigma2=sigma2.cpu().numpy(), sse=sse.cpu().numpy()
     )
-
-
-def _laplace_covariance(jac: torch.Tensor, sigma2: torch.Tensor) -> torch.Tensor:
-    """sigma^2 (J'J)^-1 of the augmented Jacobian (n, T+3, 4), scaled for conditioning; pinv where singular."""
-    jtj = jac.transpose(1, 2) @ jac
-    d = jtj.diagonal(dim1=1, dim2=2).sqrt()
-    d = torch.where(d > 0, d, torch.ones_like(d))
-    scaled = jtj / (d[:, :, None] * d[:, None, :])
-    inv = torch.linalg.pinv(scaled, rtol=1e-12, hermitian=True) / (d[:, :, None] * d[:, None, :])
-    return sigma2[:, None, None] * inv
 
 
 @dataclass(frozen=True)

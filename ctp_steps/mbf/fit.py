@@ -185,6 +185,22 @@ def _compiled(fn: Callable) -> Callable:
     return torch.compile(fn, dynamic=True)
 
 
+def parameter_covariance(jac: torch.Tensor, sigma2: torch.Tensor, rtol: float = 1e-10) -> torch.Tensor:
+    """sigma^2 (J'J)^-1 per curve (n, p, p), by a pseudo-inverse of the column-scaled J'J.
+
+    Scaling first makes parameters of different units comparable; the
+    pseudo-inverse gives a finite K1 variance where another parameter is not
+    identifiable at the fit (e.g. k2 of a curve with K1 = 0: its column is 0).
+    `rtol`: relative cut-off of the pseudo-inverse's singular values.
+    """
+    jtj = jac.transpose(1, 2) @ jac
+    d = jtj.diagonal(dim1=1, dim2=2).sqrt()
+    d = torch.where(d > 0, d, torch.ones_like(d))
+    scaled = jtj / (d[:, :, None] * d[:, None, :])
+    inv = torch.linalg.pinv(scaled, rtol=rtol, hermitian=True) / (d[:, :, None] * d[:, None, :])
+    return sigma2[:, None, None] * inv
+
+
 def _nnls_two(p1, p2, g11, g12, g22) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact non-negative least squares of y on two basis curves, from y'b1, y'b2 and the Gram.
 

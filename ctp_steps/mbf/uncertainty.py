@@ -71,6 +71,7 @@ from ctp_steps.mbf.fit import (
     SharedKinetics,
     SharedKineticsFitter,
     fit_curves,
+    parameter_covariance,
 )
 from ctp_steps.mbf.kinetics import GridAIF
 from ctp_steps.mbf.tac import ArterialInput
@@ -193,21 +194,6 @@ def numerical_jacobian(
     batch = torch.cat([theta[None] + shifts, theta[None] - shifts]).reshape(2 * p * n, p)
     curves = model(batch).reshape(2, p, n, -1)
     return ((curves[0] - curves[1]) / (2 * h.T[:, :, None])).permute(1, 2, 0)
-
-
-def parameter_covariance(jac: torch.Tensor, sigma2: torch.Tensor) -> torch.Tensor:
-    """sigma^2 (J'J)^-1 per curve (n, p, p), by a pseudo-inverse of the column-scaled J'J.
-
-    Scaling first makes parameters of different units comparable; the
-    pseudo-inverse gives a finite K1 variance where another parameter is not
-    identifiable at the fit (e.g. k2 of a curve with K1 = 0: its column is 0).
-    """
-    jtj = jac.transpose(1, 2) @ jac
-    d = jtj.diagonal(dim1=1, dim2=2).sqrt()
-    d = torch.where(d > 0, d, torch.ones_like(d))
-    scaled = jtj / (d[:, :, None] * d[:, None, :])
-    inv = torch.linalg.pinv(scaled, rtol=1e-10, hermitian=True) / (d[:, :, None] * d[:, None, :])
-    return sigma2[:, None, None] * inv
 
 
 def fit_uncertainty(
