@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny synthetic cohort config and a Snakemake runner."""
+"""Shared fixtures: a tiny synthetic cohort config, a Snakemake runner, one torch thread for small batches."""
 
 from __future__ import annotations
 
@@ -47,3 +47,14 @@ def run_snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small batches: one intra-op thread is fastest and stable on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

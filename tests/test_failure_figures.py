@@ -28,12 +28,7 @@ from test_segmentation import _background_only, _ship_tiny, _tiny_patient
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def assert_figure(path: Path, min_bytes: int = 5_000) -> np.ndarray:

@@ -40,13 +40,7 @@ TOLERANCE = {"ktrans": (0.005, 0.1), "ve": (0.05, 0.0), "vp": (0.025, 0.0), "del
 DELAY_FRAMES = {"extended_tofts": 5, "tofts": 10}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small batches: one intra-op thread is fastest and stable on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @cache

@@ -44,13 +44,7 @@ AIF_PARAMS = np.array([5.3, 6.5, 3.0, 420.0, 2.0, 9.0, 2.2, 60.0])
 BASELINE_HU = 45.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small batches: one intra-op thread is fastest and stable on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def aif_hu(times: np.ndarray = TIMES) -> np.ndarray:

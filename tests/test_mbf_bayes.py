@@ -26,12 +26,7 @@ RING_REG = {"radius_mm": 8.0, "spatial_sigma_mm": 5.0}
 ISCHEMIC_KINETICS = (0.35, 0.06, 3.5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def posterior(curves, aif, mean=PRIOR_MEAN, sd=PRIOR_SD):

@@ -33,12 +33,7 @@ SHARED = SharedKinetics(delay_s=1.3, ve=0.25, vb=0.1)
 N_REPLICATES = 400
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fit(y, aif, rc, shared):

@@ -13,7 +13,9 @@ from ctp_steps.mbf import MBFConfig
 from ctp_steps.mbf.estimate import MBFEstimate, PerfusionInputs, WorkingGrid, estimate_mbf
 from ctp_steps.mbf.regularise import Neighbourhood, max_offsets, offset_steps
 from ctp_steps.types import Geometry
-from test_mbf import CPU, one_thread, ring_patient  # noqa: F401  (one_thread: autouse fixture)
+from test_mbf import CPU, ring_patient
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 DENSE_NATIVE = {"working_spacing_mm": 0.0, "regularisation": {"min_offset_spacing_mm": 0.0}}
 RING_REG = {"radius_mm": 8.0, "spatial_sigma_mm": 5.0}

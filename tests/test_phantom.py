@@ -6,7 +6,6 @@ from datetime import datetime
 import numpy as np
 import pydicom
 import pytest
-import torch
 from scipy.ndimage import binary_erosion, maximum_filter, minimum_filter
 
 from ctp_steps.aha import TERRITORY_SEGMENTS
@@ -29,13 +28,7 @@ TINY = PhantomParams(shape_zyx=(24, 48, 48), spacing_zyx_mm=(5.0, 4.0, 4.0), n_f
 CENTERS = [("CTR-A", "series_per_frame"), ("CTR-B", "temporal_position"), ("CTR-C", "trigger_time")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny grids render faster on one thread, and much faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny grids render faster on one thread
 
 
 def _n_ischemic(spec: PatientSpec) -> int:

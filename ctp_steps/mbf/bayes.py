@@ -66,16 +66,11 @@ class PosteriorFit:
 
     def log_kinetics_cov(self) -> np.ndarray:
         """(n, 3, 3) posterior covariance of (log ve, log vb, delay)."""
-        return _transform(self.cov, _log_kinetics_jacobian(self.theta))
+        return _transform(self.cov, _kinetics_jacobian(self.theta, log=True))
 
     def kinetics_cov(self) -> np.ndarray:
         """(n, 3, 3) posterior covariance of (ve, vb, delay), the order of `uncertainty.kinetics_covariance`."""
-        k1, k2 = self.theta[:, 0], self.theta[:, 1]
-        g = np.zeros((len(self.theta), 3, N_PARAMS))
-        g[:, 0, 0], g[:, 0, 1] = 1.0 / k2, -k1 / k2**2
-        g[:, 1, 2] = 1.0
-        g[:, 2, 3] = 1.0
-        return _transform(self.cov, g)
+        return _transform(self.cov, _kinetics_jacobian(self.theta, log=False))
 
     def log_kinetics(self) -> np.ndarray:
         """(n, 3) (log ve, log vb, delay) at the MAP."""
@@ -83,11 +78,14 @@ class PosteriorFit:
         return np.stack([np.log(k1 / k2), np.log(vb), delay], axis=1)
 
 
-def _log_kinetics_jacobian(theta: np.ndarray) -> np.ndarray:
-    """d(log ve, log vb, delay)/d(K1, k2, vb, delay) (n, 3, 4), ve = K1/k2."""
+def _kinetics_jacobian(theta: np.ndarray, log: bool) -> np.ndarray:
+    """d(ve, vb, delay)/d(K1, k2, vb, delay) (n, 3, 4) with ve = K1/k2; `log`: of (log ve, log vb, delay)."""
+    k1, k2, vb = theta[:, 0], theta[:, 1], theta[:, 2]
     g = np.zeros((len(theta), 3, N_PARAMS))
-    g[:, 0, 0], g[:, 0, 1] = 1.0 / theta[:, 0], -1.0 / theta[:, 1]
-    g[:, 1, 2] = 1.0 / theta[:, 2]
+    if log:
+        g[:, 0, 0], g[:, 0, 1], g[:, 1, 2] = 1.0 / k1, -1.0 / k2, 1.0 / vb
+    else:
+        g[:, 0, 0], g[:, 0, 1], g[:, 1, 2] = 1.0 / k2, -k1 / k2**2, 1.0
     g[:, 2, 3] = 1.0
     return g
 
@@ -153,16 +151,11 @@ def map_fit(
     centre = torch.stack(
         [theta_ls[:, 0], theta_ls[:, 0] / mean[:, 0].exp(), mean[:, 1].exp(), mean[:, 2]], dim=-1
     )
-    best_theta, best_obj = None, None
-    for start in (theta_ls, centre):
-        start = torch.minimum(torch.maximum(start, lower), upper)
-        theta, obj = levenberg_marquardt(prior.model, y_aug, start, lower, upper, max_iter, context=rows)
-        if best_theta is None:
-            best_theta, best_obj = theta, obj
-        else:
-            better = obj < best_obj
-            best_theta = torch.where(better[:, None], theta, best_theta)
-            best_obj = torch.where(better, obj, best_obj)
+    (theta_a, obj_a), (theta_b, obj_b) = (
+        levenberg_marquardt(prior.model, y_aug, start.clamp(lower, upper), lower, upper, max_iter, context=rows)
+        for start in (theta_ls, centre)
+    )
+    best_theta = torch.where((obj_b < obj_a)[:, None], theta_b, theta_a)
     curve_aug, jac_aug = prior.model(best_theta, rows)
     sse = ((y - curve_aug[:, :frames]) ** 2).sum(-1)
     # Laplace: sigma^2 (J'J)^-1 of the augmented Jacobian = (Fisher information + prior precision)^-1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -140,8 +141,6 @@ class KineticsPriors(BaseModel):
 
     def population(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
         """(means, SDs) of (log ve, log vb, delay) of the patient-level prior."""
-        import math
-
         return (
             (math.log(self.ve_median), math.log(self.vb_median), self.delay_mean_s),
             (self.ve_log_sd, self.vb_log_sd, self.delay_sd_s),

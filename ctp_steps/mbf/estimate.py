@@ -242,14 +242,7 @@ class WorkingGrid:
         """Working-grid fit → one value per native voxel (its block's, or the nearest block's)."""
         if self.nearest is None:
             return result
-        i = self.nearest
-        return FitResult(
-            mbf=result.mbf[i],
-            rate=result.rate[i],
-            params={k: v[i] for k, v in result.params.items()},
-            sse=result.sse[i],
-            delay_s=result.delay_s[i],
-        )
+        return result.take(self.nearest)
 
 
 def shared_kinetics(curves: np.ndarray, fit) -> SharedKinetics:

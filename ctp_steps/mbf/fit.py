@@ -61,6 +61,16 @@ class FitResult:
     sse: np.ndarray  # sum of squared residuals, HU^2
     delay_s: np.ndarray  # AIF-to-tissue delay (NaN for upslope)
 
+    def take(self, index: np.ndarray) -> "FitResult":
+        """The results of the curves `index` selects (an integer or boolean index array)."""
+        return FitResult(
+            mbf=self.mbf[index],
+            rate=self.rate[index],
+            params={k: v[index] for k, v in self.params.items()},
+            sse=self.sse[index],
+            delay_s=self.delay_s[index],
+        )
+
 
 def levenberg_marquardt(
     model: ModelFn,

@@ -380,11 +380,6 @@ def _value(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def _subset(fit: FitResult, sel: np.ndarray) -> FitResult:
-    return FitResult(fit.mbf[sel], fit.rate[sel], {k: v[sel] for k, v in fit.params.items()}, fit.sse[sel],
-                     fit.delay_s[sel])
-
-
 def _bayesian_uncertainty(est, cfg: MBFConfig, device: torch.device, names: list[str], curves: np.ndarray,
                           means: np.ndarray, rc) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Voxel SEs and region summaries of the `bayesian` estimator (ctp_steps/mbf/bayes.py).
@@ -407,7 +402,7 @@ def _bayesian_uncertainty(est, cfg: MBFConfig, device: torch.device, names: list
         sel = est.segments == label
         where = np.flatnonzero(pooled.segment_ids == label)
         cov = seg_cov[where[0]] if where.size else pooled.patient.kinetics_cov()[0]
-        part = fit_uncertainty(_subset(est.regularised, sel), est.aif, est.method, max_delay_s=cfg.max_delay_s,
+        part = fit_uncertainty(est.regularised.take(sel), est.aif, est.method, max_delay_s=cfg.max_delay_s,
                                shared=pooled.of(int(label)), device=device, chunk=cfg.chunk_voxels, kinetics_cov=cov)
         voxel_se[sel] = part.mbf_se(est.regularised.mbf[sel], rc)
     return voxel_se, summary(means, unc, rc, cfg.max_mbf)
