@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctp_steps.devices import for_inference
 from ctp_steps.landmarks.crop import crop_channels, crop_zyx_to_world, lv_crop_geometry
 from ctp_steps.landmarks.heatmaps import decode
 from ctp_steps.landmarks.net import LandmarkNet, load_checkpoint
@@ -37,7 +38,7 @@ class Detection:
 
 class LandmarkDetector:
     def __init__(self, net: LandmarkNet, meta: dict, device: torch.device):
-        self.net, self.meta, self.device = net.to(device).eval(), meta, device
+        self.net, self.meta, self.device = for_inference(net, device), meta, device
         self.names = tuple(meta["landmarks"])
         self.size = int(meta["crop_size"])
 

@@ -132,7 +132,11 @@ class RegistrationConfig(Strict):
         "method whose result was kept, `register_attempts` every failed attempt.",
     )
     inference_batch: int = Field(4, ge=1, description="Frames per network forward pass.")
-    threads: int = Field(2, ge=1, description="CPU threads of a `register` job (torch and ITK).")
+    threads: int = Field(
+        1, ge=1, description="CPU threads of a `register` job (torch and ITK). 1 by default, as for the other "
+        "stages: the net gains only ~1.3x from a second thread, so on a cohort two one-thread jobs finish more "
+        "patients per core-second than one two-thread job (BENCHMARKS.md, \"Main job\")."
+    )
     network: NetworkConfig = Field(
         default_factory=NetworkConfig, description="Network and grid used for training (inference reads them from the checkpoint)."
     )

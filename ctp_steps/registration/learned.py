@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ctp_steps.registration.crop import BoxField, box_geometries, crop_frames
-from ctp_steps.devices import resolve_device  # noqa: F401 (re-exported: the stage and the benchmark use it)
+from ctp_steps.devices import for_inference, resolve_device  # noqa: F401 (resolve_device re-exported: the stage and the benchmark use it)
 from ctp_steps.registration.net import MARGIN, RegNet, load_checkpoint
 from ctp_steps.types import Geometry
 
@@ -23,7 +23,7 @@ class LearnedRegistrar:
     """Holds the net (loaded once per job) and registers the frames of one patient at a time."""
 
     def __init__(self, net: RegNet, grid: dict, device: torch.device, batch: int = 4):
-        self.net, self.grid, self.device, self.batch = net.to(device).eval(), grid, device, batch
+        self.net, self.grid, self.device, self.batch = for_inference(net, device), grid, device, batch
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: torch.device, batch: int = 4) -> "LearnedRegistrar":

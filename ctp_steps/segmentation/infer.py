@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctp_steps.devices import for_inference
 from ctp_steps.segmentation.preprocess import (
     in_channels,
     needs_resampling,
@@ -49,7 +50,7 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     expected = in_channels(meta.get("context", "none"))
     if net.kwargs["in_channels"] != expected:
         raise ValueError(f"{path}: network has {net.kwargs['in_channels']} input channels, its context needs {expected}")
-    return LoadedModel(net, meta, device)
+    return LoadedModel(for_inference(net, device), meta, device)
 
 
 def _autocast(device: torch.device, amp: bool):
