@@ -18,7 +18,7 @@ def for_inference(net: torch.nn.Module, device: torch.device) -> torch.nn.Module
     """`net` in eval mode on `device`, its weights in channels-last 3D layout.
 
     oneDNN's 3D convolutions run ~1.4× faster on CPU when the weights are channels-last (the activations follow
-    the weights' layout); the sums are the same up to float rounding (BENCHMARKS.md, "Start-up and allocator").
+    the weights' layout); the sums are the same up to float rounding (BENCHMARKS.md, "Main job").
     Inference only: training keeps the default layout.
     """
     return net.to(device=device, memory_format=torch.channels_last_3d).eval()
