@@ -15,6 +15,7 @@ from ctp_steps.workflow import (
     active_chain,
     cohort_patients,
     print_run_summary,
+    release_scheduler_timers,
     stage_rule_files,
 )
 
@@ -78,4 +79,9 @@ rule all:
 
 
 onsuccess:
+    release_scheduler_timers()
     print_run_summary(Path(RESULTS), CFG.fail_on_patient_errors)
+
+
+onerror:
+    release_scheduler_timers()

@@ -5,6 +5,7 @@ Kept free of heavy imports: planning a 20,000-patient DAG must not load torch.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from ctp_steps.config import PipelineConfig
@@ -101,3 +102,15 @@ def print_run_summary(results_dir: Path, fail_on_patient_errors: bool = True) ->
             f"{len(failed)} patient(s) failed (listed above); every table was written. "
             "Set fail_on_patient_errors: false to exit 0 anyway."
         )
+
+
+def release_scheduler_timers() -> None:
+    """Cancel Snakemake's pending scheduler wake-ups, so that a finished run exits at once.
+
+    The scheduler re-arms a `threading.Timer` of one rate-limit timespan after every pass
+    (snakemake/snakemake#3744); the interpreter waits for the last one at exit, up to the local profile's 10 s.
+    """
+    for thread in threading.enumerate():
+        if isinstance(thread, threading.Timer):
+            thread.cancel()
+

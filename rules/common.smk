@@ -86,6 +86,20 @@ def study_runtime(stage: str, slower: int = 1):
     )
 
 
+def patient_threads(configured: int) -> int:
+    """Threads of a per-patient torch job: as configured, unless a local run has fewer patients than cores.
+
+    On a cohort, one-thread jobs side by side finish the most patients per core-second (a second thread speeds
+    the nets up only ~1.3x); a single study on two cores has nothing to overlap with, so its jobs take the
+    cores themselves (BENCHMARKS.md, "Realistic study sizes"). Cluster runs keep the configured threads.
+    """
+    try:
+        cores = workflow.cores if workflow.local_exec else 0
+    except WorkflowError:  # no --cores given (e.g. a dry run of a cluster profile)
+        cores = 0
+    return max(configured, cores // max(len(PATIENTS), 1))
+
+
 def qc_figure(path: str, stage: str):
     """A per-patient QC figure in `snakemake --report`: filed under its stage, labelled by center and patient."""
     return report(path, caption=f"../report/{stage}.rst", category=stage,

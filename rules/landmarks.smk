@@ -27,7 +27,7 @@ rule landmarks:
         mem_mb=study_mem_mb("landmarks"),
         runtime=study_runtime("landmarks"),
         gpu=GPUS,
-    threads: 1
+    threads: patient_threads(1)
     group:
         "patient"
     conda:

@@ -32,7 +32,7 @@ rule mbf:
         mem_mb=study_mem_mb("mbf"),
         runtime=study_runtime("mbf"),
         gpu=GPUS,
-    threads: 1
+    threads: patient_threads(1)
     group:
         "patient"
     conda:

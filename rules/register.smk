@@ -40,7 +40,7 @@ rule register:
         mem_mb=study_mem_mb("register"),
         runtime=study_runtime("register", slower=REGISTER_SLOWER),
         gpu=GPUS if REGISTER_METHOD == "learned" else 0,
-    threads: CFG.registration.threads
+    threads: patient_threads(CFG.registration.threads)
     group:
         "patient"
     conda:

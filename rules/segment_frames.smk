@@ -29,7 +29,7 @@ rule segment_frames:
         mem_mb=study_mem_mb("segment_frames"),
         runtime=study_runtime("segment_frames"),
         gpu=GPUS,
-    threads: CFG.segmentation.threads
+    threads: patient_threads(CFG.segmentation.threads)
     group:
         "patient"
     conda:

@@ -26,7 +26,7 @@ rule segment_myocardium:
         mem_mb=study_mem_mb("segment_myocardium"),
         runtime=study_runtime("segment_myocardium"),
         gpu=GPUS,
-    threads: CFG.segmentation.threads
+    threads: patient_threads(CFG.segmentation.threads)
     group:
         "patient"
     conda:
