@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from conftest import run_snakemake, tiny_config
 
 from ctp_steps.phantom import PhantomParams, generate_patient, make_specs, write_dicom
 from ctp_steps.resources import (
@@ -54,3 +56,25 @@ def test_a_folder_that_is_not_there_yet_gets_the_old_fixed_values(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.txt").write_text("no DICOM here")
     assert study_voxel_frames(str(tmp_path / "notes")) is None
+
+
+def _planned_threads(workdir: Path, n_patients: int) -> dict[str, set[int]]:
+    """Threads of every planned per-patient torch job of a dry run on two cores, by rule."""
+    out = run_snakemake(workdir, tiny_config(workdir / "results", n_patients=n_patients), "-n").stdout
+    threads: dict[str, set[int]] = {}
+    rule = None
+    for line in out.splitlines():
+        if m := re.match(r"\s*(?:local)?rule (\w+):", line):
+            rule = m.group(1)
+        elif m := re.match(r"\s*threads: (\d+)", line):
+            threads.setdefault(rule, set()).add(int(m.group(1)))
+    return threads
+
+
+def test_one_study_takes_both_cores_a_cohort_one_thread_per_job(tmp_path):
+    """A single study has nothing to overlap with; on a cohort one-thread jobs side by side do more per core."""
+    torch_stages = {"segment_frames", "register", "segment_myocardium", "landmarks", "mbf"}
+    single = _planned_threads(tmp_path / "one", 1)
+    assert torch_stages <= set(single) and all(single[s] == {2} for s in torch_stages)
+    cohort = _planned_threads(tmp_path / "three", 3)
+    assert not torch_stages & set(cohort)  # one thread is Snakemake's default and is not printed
