@@ -163,6 +163,6 @@ def aha_segment_map(
     zyx = np.argwhere(mask)
     out = np.zeros(mask.shape, dtype=np.uint8)
     if len(zyx):
-        points = geometry.index_to_world(zyx[:, ::-1].astype(float))
+        points = geometry.zyx_to_world(zyx)
         out[mask] = aha_segments(points, apex, base, rv_insertion, apex_cap_fraction)
     return out

@@ -51,6 +51,10 @@ class Geometry:
         scaled = ijk * np.asarray(self.spacing)
         return scaled @ self.direction_matrix.T + np.asarray(self.origin)
 
+    def zyx_to_world(self, zyx: np.ndarray) -> np.ndarray:
+        """Voxel indices as (z, y, x) rows, numpy's order (e.g. `np.argwhere(mask)`) → world LPS mm rows."""
+        return self.index_to_world(np.asarray(zyx, dtype=float)[:, ::-1])
+
     def world_to_index(self, xyz_mm: np.ndarray) -> np.ndarray:
         """World LPS mm (..., 3) → continuous indices (..., 3) in (x, y, z) order."""
         rel = np.asarray(xyz_mm, dtype=float) - np.asarray(self.origin)

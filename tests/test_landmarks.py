@@ -195,7 +195,8 @@ def test_a_confident_landmark_off_the_myocardium_is_replaced_by_a_fallback(tiny_
 
     case = tiny_cases[0]
     truth = np.asarray(case.landmarks, float)
-    on_epicardium = distance_to_mask_mm(truth[[0, 2]], case.mask > 0, case.geometry)  # (the base is the valve centre)
+    myocardium_world = case.geometry.zyx_to_world(np.argwhere(case.mask > 0))
+    on_epicardium = distance_to_mask_mm(truth[[0, 2]], myocardium_world)  # (the base is the valve centre)
     assert on_epicardium.max() < 2 * max(case.geometry.spacing)
     away = truth[0] + 30.0 * (truth[0] - truth[1]) / np.linalg.norm(truth[0] - truth[1])  # beyond the apex
     det = SimpleNamespace(names=("apex", "base", "rv_insertion"), world_mm=np.array([away, truth[1], truth[2]]),

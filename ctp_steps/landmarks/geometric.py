@@ -127,10 +127,6 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == (1 + int(np.argmax(sizes)))
 
 
-def _world(geometry: Geometry, zyx: np.ndarray) -> np.ndarray:
-    return geometry.index_to_world(np.asarray(zyx, dtype=float)[:, ::-1])
-
-
 def _hull_mask(hull: ConvexHull, shape: tuple[int, int, int], offset: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Voxels of a (z, y, x) block (starting at index `offset`) whose centres lie inside the hull.
 
@@ -207,13 +203,13 @@ def geometric_landmarks(image_hu: np.ndarray, myocardium: np.ndarray, geometry: 
 
     # 1. LV solid (convex hull of the shell) and cavity
     shell = myo & ~ndimage.binary_erosion(myo)
-    shell_world = _world(geometry, np.argwhere(shell) + offset)
+    shell_world = geometry.zyx_to_world(np.argwhere(shell) + offset)
     try:
         hull = ConvexHull(shell_world)
     except (QhullError, ValueError) as exc:
         return _failed(f"myocardium is flat or degenerate (convex hull failed: {str(exc).splitlines()[0]})")
     idx = np.argwhere(np.ones(myo.shape, dtype=bool))
-    world_all = _world(geometry, idx + offset).reshape(*myo.shape, 3)
+    world_all = geometry.zyx_to_world(idx + offset).reshape(*myo.shape, 3)
     solid = _hull_mask(hull, myo.shape, offset, geometry) | myo
     cavity = solid & ~myo
     if np.count_nonzero(cavity) < MIN_MYOCARDIUM_VOXELS // 2:
@@ -352,7 +348,7 @@ def apex_from_base(base_world: np.ndarray, myocardium: np.ndarray, geometry: Geo
     mask = _largest_component(myocardium)
     if not mask.any() or not np.all(np.isfinite(base_world)):
         return np.full(3, np.nan), 0.0
-    world = _world(geometry, np.argwhere(mask))
+    world = geometry.zyx_to_world(np.argwhere(mask))
     distance = np.linalg.norm(world - np.asarray(base_world, float), axis=1)
     cap = world[distance >= distance.max() - APEX_CAP_DEPTH_MM]
     apex = cap.mean(axis=0)

@@ -36,12 +36,12 @@ MIN_MYOCARDIUM_VOXELS = 20
 ON_EPICARDIUM = ("apex", "rv_insertion")  # defined on the LV's outer surface, hence next to the myocardium mask
 
 
-def distance_to_mask_mm(points_world: np.ndarray, mask: np.ndarray, geometry) -> np.ndarray:
-    """Distance (mm) from each point (rows, world LPS) to the nearest voxel centre of `mask`; inf if not finite."""
-    zyx = np.argwhere(mask)
-    world = geometry.index_to_world(zyx[:, ::-1].astype(float))
+def distance_to_mask_mm(points_world: np.ndarray, mask_world: np.ndarray) -> np.ndarray:
+    """Distance (mm) from each point (rows, world LPS) to the nearest of a mask's voxel centres (`mask_world`,
+    rows, world LPS); inf for a point that is not finite or an empty mask."""
     return np.array([
-        float(np.sqrt(((world - p) ** 2).sum(axis=1)).min()) if np.all(np.isfinite(p)) and len(world) else np.inf
+        float(np.sqrt(((mask_world - p) ** 2).sum(axis=1)).min()) if np.all(np.isfinite(p)) and len(mask_world)
+        else np.inf
         for p in np.asarray(points_world, float)
     ])
 
@@ -117,8 +117,9 @@ def choose_landmarks(det, image: np.ndarray, mask: np.ndarray, geometry, cfg: La
     from ctp_steps.landmarks.geometric import apex_from_base
 
     names = tuple(det.names)
+    myocardium_world = geometry.zyx_to_world(np.argwhere(mask))
     net_problems = landmark_problems(names, det.world_mm, det.confidence,
-                                     distance_to_mask_mm(det.world_mm, mask, geometry), cfg, cfg.min_confidence)
+                                     distance_to_mask_mm(det.world_mm, myocardium_world), cfg, cfg.min_confidence)
     net_frame = None if net_problems else frame_problem(dict(zip(names, det.world_mm)), cfg)
     if not net_problems and net_frame is None:
         return ChosenLandmarks(names, det.world_mm, det.confidence, ("heatmap",) * len(names), [])
@@ -132,7 +133,7 @@ def choose_landmarks(det, image: np.ndarray, mask: np.ndarray, geometry, cfg: La
         if "apex" not in found and found.get("base", (None, None, ""))[2] == "heatmap":
             apex, quality = apex_from_base(found["base"][0], mask, geometry)
             problem = landmark_problems(("apex",), apex[None], np.array([quality]),
-                                        distance_to_mask_mm(apex[None], mask, geometry), cfg,
+                                        distance_to_mask_mm(apex[None], myocardium_world), cfg,
                                         cfg.min_geometric_quality, "quality")
             if problem:
                 attempts.append(f"apex_from_base: {problem['apex']}")
@@ -146,7 +147,7 @@ def choose_landmarks(det, image: np.ndarray, mask: np.ndarray, geometry, cfg: La
             log.info("geometric landmarks: %s (%s)", geo.as_json(), geo.failure or "no failure")
             tried = {**geo.as_json(), "failure": geo.failure}
             geo_problems = landmark_problems(geo.names, geo.world_mm, geo.quality,
-                                             distance_to_mask_mm(geo.world_mm, mask, geometry), cfg,
+                                             distance_to_mask_mm(geo.world_mm, myocardium_world), cfg,
                                              cfg.min_geometric_quality, "quality")
             missing = [n for n in names if n not in found and n in geo_problems]
             if missing:

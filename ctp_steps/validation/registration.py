@@ -77,7 +77,7 @@ def metrics_from_arrays(
     lv_ref, myo_ref = ref_labels == LV_BLOOD, ref_labels == MYOCARDIUM
     L = np.array([landmarks[name] for name in LANDMARKS], dtype=float)
     p_ref = where_seen(motion[reference], L)
-    myo_points = geometry.index_to_world(np.argwhere(myo_ref)[:, ::-1].astype(float))
+    myo_points = geometry.zyx_to_world(np.argwhere(myo_ref))
     lv_points_grid = world_points(geometry, ref_labels.shape, torch.device("cpu"), torch.float64).numpy()
 
     acc: dict[tuple[str, str], list[float]] = {}
