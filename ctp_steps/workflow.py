@@ -113,4 +113,3 @@ def release_scheduler_timers() -> None:
     for thread in threading.enumerate():
         if isinstance(thread, threading.Timer):
             thread.cancel()
-
