@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from ctp_steps.registration.crop import BoxField, box_geometries, crop_frames
-from ctp_steps.devices import for_inference, resolve_device  # noqa: F401 (resolve_device re-exported: the stage and the benchmark use it)
+from ctp_steps.devices import for_inference
+from ctp_steps.devices import resolve_device  # noqa: F401 (re-exported: the stage and the benchmark use it)
 from ctp_steps.registration.net import MARGIN, RegNet, load_checkpoint
 from ctp_steps.types import Geometry
 
