@@ -253,6 +253,39 @@ def test_frame_left_misaligned_excludes_the_patient(tiny_patient):
     assert qc_failure(res["report"], "none", cfg) is None  # `none` never excludes
 
 
+def test_lv_boundary_contrast_in_noise_sds():
+    """~0 where blood and wall hold the same HU (before the bolus); the wall's median ignores lung in the shell."""
+    from ctp_steps.registration.reference import boundary_contrast_sd
+
+    rng = np.random.default_rng(0)
+    unenhanced = boundary_contrast_sd(rng.normal(40, 20, 5000), rng.normal(40, 20, 2000))
+    shell = np.concatenate([rng.normal(100, 20, 1600), rng.normal(-800, 20, 400)])  # a fifth of it lung
+    enhanced = boundary_contrast_sd(rng.normal(300, 20, 5000), shell)
+    assert abs(unenhanced) < 0.1 and enhanced == pytest.approx(10.0, abs=0.3)
+    assert boundary_contrast_sd(np.array([]), shell) == 0.0
+
+
+def test_lv_dice_is_checked_only_where_the_lv_boundary_is_visible(tiny_patient):
+    """Frames before the bolus and late in the washout (LV ≈ wall) are not judged by their LV mask's overlap."""
+    from ctp_steps.registration.stage import lv_dice_checked, qc_failure, register_arrays
+
+    cfg = RegistrationConfig(min_lv_dice_after=0.999)  # every moving frame's translation-only overlap is below
+    res = register_arrays(tiny_patient.frames_hu, _masks(tiny_patient), tiny_patient.geometry, "translation", cfg,
+                          torch.device("cpu"))
+    report = res["report"]
+    contrast = np.array(report["enhancement_curves"]["lv_contrast_sd"])
+    assert [f["lv_contrast_sd"] for f in report["frames"]] == contrast.tolist()
+    unseen = np.flatnonzero(contrast < 1.0)
+    seen = [int(k) for k in np.flatnonzero(contrast >= 1.0) if k != report["reference_frame"]]
+    assert unseen.size >= 2 and 0 in unseen and len(seen) >= 2  # the phantom's first frame precedes the bolus
+    checked = lv_dice_checked(report, cfg.min_lv_contrast_sd)
+    assert [k for k, c in enumerate(checked) if c] == seen
+    assert qc_failure(report, "translation", cfg).startswith(f"frame(s) {seen} could not be registered")
+    every = RegistrationConfig(min_lv_dice_after=0.999, min_lv_contrast_sd=0.0)
+    moving = [k for k in range(len(contrast)) if k != report["reference_frame"]]
+    assert qc_failure(report, "translation", every).startswith(f"frame(s) {moving} could not be registered")
+
+
 class _DisplacingRegistrar:
     """A learned registrar gone wrong on an unfamiliar study: every moving frame pushed 20 mm off."""
 
@@ -288,11 +321,13 @@ def test_failed_learned_registration_falls_back_to_simpleitk(tiny_patient, tiny_
     cfg = _fast_simpleitk(min_lv_dice_after=0.5)
     result, attempts = register_with_fallback(frames, masks, tiny_patient.geometry, "learned", cfg, cpu, registrar=broken)
     assert result["report"]["method"] == "simpleitk" and result["report"]["summary"]["lv_dice_after_min"] >= 0.5
-    assert len(attempts) == 1 and attempts[0].startswith("learned: frame(s) [1, 2] could not be registered")
+    # frame 1 precedes the bolus (LV ≈ wall): its Dice is not judged, frame 2's is
+    assert result["report"]["enhancement_curves"]["lv_contrast_sd"][1] < 1.0
+    assert len(attempts) == 1 and attempts[0].startswith("learned: frame(s) [2] could not be registered")
     with pytest.raises(PatientInputError) as err:  # no fallback configured: excluded with the net's reason
         register_with_fallback(frames, masks, tiny_patient.geometry, "learned", _fast_simpleitk(min_lv_dice_after=0.5,
                                fallback="none"), cpu, registrar=broken)
-    assert str(err.value).startswith("frame(s) [1, 2] could not be registered") and "simpleitk" not in str(err.value)
+    assert str(err.value).startswith("frame(s) [2] could not be registered") and "simpleitk" not in str(err.value)
     with pytest.raises(PatientInputError) as err:  # every method fails: the reason lists each attempt
         register_with_fallback(frames, masks, tiny_patient.geometry, "learned", _fast_simpleitk(min_lv_dice_after=0.999),
                                cpu, registrar=broken)

@@ -123,7 +123,19 @@ class RegistrationConfig(Strict):
     )
     min_lv_dice_after: float = Field(
         0.75, ge=0, le=1, description="A frame whose LV Dice to the reference stays below this after registration "
-        "excludes the patient (learned and simpleitk only)."
+        "excludes the patient (learned and simpleitk only). Checked on frames whose LV boundary is visible "
+        "(min_lv_contrast_sd)."
+    )
+    min_lv_contrast_sd: float = Field(
+        1.0,
+        ge=0,
+        description="The LV Dice check applies to a frame only where its LV blood differs from the wall around it "
+        "by at least this many voxel noise SDs (registration.reference.boundary_contrast_sd). Before the bolus and "
+        "late in the washout blood and myocardium hold about the same HU: the LV mask there is the segmentation's "
+        "shape guess, and its Dice measures that guess, not the registration. 1 SD: by the Rose criterion (an "
+        "object is reliably seen at contrast x sqrt(pixels) / noise of about 5; Rose, J Opt Soc Am "
+        "1948;38:196-208) a boundary patch of 5 x 5 voxels is seen from a contrast of one noise SD. Such frames "
+        "keep the folding and displacement checks; 0 checks every frame.",
     )
     fallback: Literal["simpleitk", "none"] = Field(
         "simpleitk",

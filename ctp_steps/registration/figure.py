@@ -61,6 +61,7 @@ def plot_registration(
     registered: np.ndarray | None = None,
     registered_masks: np.ndarray | None = None,
     min_lv_dice_after: float | None = None,
+    min_lv_contrast_sd: float = 0.0,
     title: str = "",
     window_hu: tuple[float, float] = (-150.0, 450.0),
 ) -> None:
@@ -85,6 +86,7 @@ def plot_registration(
     aspect = geometry.spacing[1] / geometry.spacing[0]
     ref_lv = lv[reference, z, rows, cols].astype(float)
 
+    contrast = {int(f["frame"]): float(f.get("lv_contrast_sd", np.inf)) for f in per_frame or []}
     n_rows = 2 if after else 1
     fig, axes = subplots(n_rows, len(ks), figsize=(2.6 * len(ks) + 0.4, 2.8 * n_rows + 0.9), squeeze=False)
     for c, k in enumerate(ks):
@@ -98,9 +100,10 @@ def plot_registration(
                 ax.contour(ref_lv, levels=[0.5], colors="lime", linewidths=0.8)
             if own_lv[z, rows, cols].any():
                 ax.contour(own_lv[z, rows, cols].astype(float), levels=[0.5], colors="red", linewidths=0.8)
-            low = when == "after" and min_lv_dice_after is not None and d < min_lv_dice_after
-            ax.set_title(f"frame {k} {when}: Dice {d:.2f}" + (f" < {min_lv_dice_after:g}" if low else ""),
-                         fontsize=8, color="red" if low else "black")
+            unseen = contrast.get(k, np.inf) < min_lv_contrast_sd  # the Dice check does not apply (stage.qc_failure)
+            low = when == "after" and min_lv_dice_after is not None and d < min_lv_dice_after and not unseen
+            note = f" < {min_lv_dice_after:g}" if low else (" (LV unseen)" if when == "after" and unseen else "")
+            ax.set_title(f"frame {k} {when}: Dice {d:.2f}{note}", fontsize=8, color="red" if low else "black")
             ax.set_xticks([])
             ax.set_yticks([])
     method = f"{report['method']}, " if report is not None else ""

@@ -26,14 +26,33 @@ def _shell(lv: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarra
 
 
 def enhancement_curves(frames: np.ndarray, lv_masks: np.ndarray, geometry: Geometry) -> dict[str, list[float]]:
-    """Mean HU per frame in each frame's LV blood pool (eroded by one voxel) and in the shell around it."""
+    """Per frame: mean HU in the LV blood pool (eroded by one voxel) and in the shell around it, and the LV
+    boundary's contrast in voxel noise SDs (`lv_contrast_sd`, see `boundary_contrast_sd`)."""
     spacing_zyx = tuple(geometry.spacing[::-1])
-    lv_core, shell = [], []
+    lv_core, shell, contrast = [], [], []
     for frame, lv in zip(frames, lv_masks):
         core = ndimage.binary_erosion(lv)
-        lv_core.append(float(frame[core if core.any() else lv].mean()))
-        shell.append(float(frame[_shell(lv, spacing_zyx)].mean()))
-    return {"lv_blood_hu": lv_core, "lv_shell_hu": shell}
+        blood = frame[core if core.any() else lv]
+        around = frame[_shell(lv, spacing_zyx)]
+        lv_core.append(float(blood.mean()))
+        shell.append(float(around.mean()) if around.size else float("nan"))
+        contrast.append(boundary_contrast_sd(blood, around))
+    return {"lv_blood_hu": lv_core, "lv_shell_hu": shell, "lv_contrast_sd": contrast}
+
+
+def boundary_contrast_sd(blood_hu: np.ndarray, shell_hu: np.ndarray) -> float:
+    """How visible the LV boundary is in a frame: (mean blood − median shell) / the blood's voxel noise SD.
+
+    The shell's median, not its mean, stands for the wall: the shell also crosses lung and RV blood. The noise
+    is the blood pool's robust SD (1.4826 × MAD; the pool is uniform). Before the bolus and late in the washout
+    blood and myocardium hold about the same HU, the value is ~0 and a mask of the LV there is the
+    segmentation's guess of its shape rather than a measurement of it.
+    """
+    if blood_hu.size == 0 or shell_hu.size == 0:
+        return 0.0
+    median = float(np.median(blood_hu))
+    noise = max(1.4826 * float(np.median(np.abs(blood_hu - median))), 1e-3)
+    return float((blood_hu.mean() - np.median(shell_hu)) / noise)
 
 
 def choose_reference(

@@ -151,6 +151,8 @@ def register_arrays(
         qc_seconds += time.perf_counter() - t1
     warp_seconds = time.perf_counter() - t0 - method_seconds - qc_seconds
 
+    for f, c in zip(per_frame, curves["lv_contrast_sd"]):
+        f["lv_contrast_sd"] = c
     summary = qc.summarise(per_frame, reference)
     report = {
         "method": method,
@@ -217,7 +219,8 @@ def qc_failure(report: dict, method: str, cfg: RegistrationConfig) -> str | None
     """Why the registration failed its QC (a frame's LV stays misaligned), or None when it passed."""
     if method == "none":
         return None
-    bad = [f for f in report["frames"] if f["frame"] != report["reference_frame"] and f["lv_dice_after"] < cfg.min_lv_dice_after]
+    checked = lv_dice_checked(report, cfg.min_lv_contrast_sd)
+    bad = [f for f in report["frames"] if checked[f["frame"]] and f["lv_dice_after"] < cfg.min_lv_dice_after]
     if not bad:
         return None
     worst = min(bad, key=lambda f: f["lv_dice_after"])
@@ -226,6 +229,13 @@ def qc_failure(report: dict, method: str, cfg: RegistrationConfig) -> str | None
         f"{report['reference_frame']} after {method} registration is as low as {worst['lv_dice_after']:.2f} "
         f"(frame {worst['frame']}; minimum {cfg.min_lv_dice_after:g})"
     )
+
+
+def lv_dice_checked(report: dict, min_contrast_sd: float) -> list[bool]:
+    """Per frame: does the LV Dice check apply (a moving frame whose LV boundary is visible; config
+    `min_lv_contrast_sd`)? The reference frame is never checked against itself."""
+    contrast = report["enhancement_curves"]["lv_contrast_sd"]
+    return [k != report["reference_frame"] and contrast[k] >= min_contrast_sd for k in range(len(contrast))]
 
 
 def register_with_fallback(
@@ -264,7 +274,7 @@ def register_with_fallback(
     # the last attempt's frames before/after with their LV Dice: the QC figure of the exclusion
     diagnostic = partial(plot_registration, frames=frames, masks=masks, geometry=geometry, report=result["report"],
                          registered=result["registered"], registered_masks=result["masks"],
-                         min_lv_dice_after=cfg.min_lv_dice_after)
+                         min_lv_dice_after=cfg.min_lv_dice_after, min_lv_contrast_sd=cfg.min_lv_contrast_sd)
     raise PatientInputError("; ".join(attempts) if len(attempts) > 1 else failure, diagnostic=diagnostic)
 
 
@@ -337,5 +347,6 @@ def run(inputs: Inputs, outputs: Outputs, cfg: RegistrationConfig, ctx: Context)
     if outputs.png is not None:
         plot_registration(outputs.png, None, frames=frames, masks=masks, geometry=geometry, report=report,
                           registered=result["registered"], registered_masks=result["masks"],
-                          min_lv_dice_after=cfg.min_lv_dice_after, title=ctx.title)
+                          min_lv_dice_after=cfg.min_lv_dice_after, min_lv_contrast_sd=cfg.min_lv_contrast_sd,
+                          title=ctx.title)
     return stage_record(report)
