@@ -80,6 +80,8 @@ PATIENT_COLUMNS: list[pa.Field] = [
     pa.field("landmark_conf_base", pa.float64()),
     pa.field("landmark_conf_rv_insertion", pa.float64()),
     pa.field("lv_long_axis_mm", pa.float64()),
+    # angle (°) about the long axis between the net's RV insertion and the RV-contact estimate (landmarks.rv_insertion)
+    pa.field("landmark_rv_net_vs_contact_deg", pa.float64()),
     # MBF in mL/100mL/min; IMV in mL and % of LV myocardium (null until those stages run).
     pa.field("myocardium_ml", pa.float64()),
     pa.field("mbf_method", pa.string()),

@@ -139,13 +139,16 @@ def test_train_loop_checkpoint_and_stage_outputs(tiny_cases, tmp_path):
 
     # an under-trained net detects something; with no confidence floor and no distance check the stage writes
     # every output from the net alone
-    status = run(LandmarkConfig(min_confidence=0.0, min_long_axis_mm=0.0, max_off_myocardium_mm=1e4))
+    status = run(LandmarkConfig(min_confidence=0.0, min_long_axis_mm=0.0, max_off_myocardium_mm=1e4,
+                                rv_insertion="net"))
     assert status["status"] == "ok", status
     assert set(status["record"]) == {
         "landmarks_source", "landmark_conf_min", "landmark_conf_apex", "landmark_conf_base",
         "landmark_conf_rv_insertion", "lv_long_axis_mm", "landmarks_model_sha256", "landmarks_attempts",
+        "landmark_rv_net_vs_contact_deg",
     }
     assert status["record"]["landmarks_source"] == "heatmap" and status["record"]["landmarks_attempts"] is None
+    assert status["record"]["landmark_rv_net_vs_contact_deg"] is None
     found = read_json(patient / "landmarks.json")
     assert set(found) == {"apex", "base", "rv_insertion"}
     assert all(len(v["world_mm"]) == 3 and 0 <= v["confidence"] <= 1 for v in found.values())
@@ -331,7 +334,9 @@ def test_stage_in_the_workflow_with_shipped_weights(tmp_path):
         patient = Path(target.replace("/validation/patients/", "/patients/")).parent
         status = read_json(patient / "landmarks.status.json")
         assert status["status"] == "ok", status
-        assert status["record"]["landmarks_source"] == "heatmap"
+        assert status["record"]["landmarks_source"] in ("heatmap", "heatmap+rv_contact")
+        rv = read_json(patient / "landmarks.json")["rv_insertion"]
+        assert rv["placed"] == "aha_definition" and rv["direction"] in ("net", "mean_of_net_and_contact")
         assert (patient / "landmarks.png").stat().st_size > 1000
         metrics = pd.read_parquet(target)
         assert set(metrics["metric"]) >= {"landmark_error_mm", "segment_label_agreement"}

@@ -147,3 +147,43 @@ def test_ordinary_failures_are_results_not_exceptions(cases):
 
     with pytest.raises(ValueError, match="same 3-D grid"):
         geometric_landmarks(case.image[:-1], case.mask, case.geometry)
+
+
+def _rotated_about(point, base, u, deg):
+    d = np.asarray(point, float) - base
+    a = (d @ u) * u
+    p = d - a
+    t = np.radians(deg)
+    return base + a + p * np.cos(t) + np.cross(u, p) * np.sin(t)
+
+
+def _angle_about(p, q, base, u):
+    def unit(x):
+        d = np.asarray(x, float) - base
+        d = d - (d @ u) * u
+        return d / np.linalg.norm(d)
+
+    return float(np.degrees(np.arccos(np.clip(unit(p) @ unit(q), -1.0, 1.0))))
+
+
+def test_rv_insertion_on_the_net_axis_placed_and_averaged_with_the_contact(cases):
+    """The insertion is put where aha.py defines it whatever the net's position along the insertion line; a net
+    direction 20° off is pulled halfway to the RV contact's; one 90° off is kept and the disagreement noted."""
+    from ctp_steps.landmarks.geometric import rv_insertion_on_axis
+
+    for case in cases[:4]:
+        apex, base, rv = (np.asarray(p, float) for p in case.landmarks)
+        u = (apex - base) / np.linalg.norm(apex - base)
+        voxel = max(case.geometry.spacing)
+        slid = rv + 12.0 * u + 4.0 * (rv - base - ((rv - base) @ u) * u) / 30.0  # along the line and outwards
+        placed = rv_insertion_on_axis(case.image, case.mask, case.geometry, apex, base, slid, np.inf)
+        assert placed.direction == "net" and np.linalg.norm(placed.world_mm - rv) < 1.5 * voxel
+        off = _rotated_about(rv, base, u, 20.0)
+        both = rv_insertion_on_axis(case.image, case.mask, case.geometry, apex, base, off, 0.5)
+        assert both.direction == "mean_of_net_and_contact" and both.contact_quality >= 0.5
+        assert 17.0 < both.disagreement_deg < 23.0
+        assert 7.0 < _angle_about(both.world_mm, rv, base, u) < 13.0
+        wrong = rv_insertion_on_axis(case.image, case.mask, case.geometry, apex, base,
+                                     _rotated_about(rv, base, u, 90.0), 0.5)
+        assert wrong.direction == "net" and "from the net's insertion" in wrong.note
+        assert abs(_angle_about(wrong.world_mm, rv, base, u) - 90.0) < 0.5

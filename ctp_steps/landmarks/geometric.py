@@ -175,45 +175,68 @@ def _rv_contact_mm(spacing: np.ndarray) -> float:
     return max(RV_CONTACT_MM, float(np.linalg.norm(spacing)))
 
 
-def geometric_landmarks(image_hu: np.ndarray, myocardium: np.ndarray, geometry: Geometry) -> GeometricLandmarks:
-    """apex, base, rv_insertion (world LPS mm) with per-landmark quality, from the mask and the image (module doc).
+@dataclass(frozen=True)
+class _LVSolid:
+    """The myocardium's crop and what steps 1 and 4 of the module doc build on it (world LPS mm throughout)."""
 
-    image_hu: (z, y, x) HU (the registered average); myocardium: (z, y, x) mask
-    on the same grid. Raises ValueError only when the two grids differ.
-    """
+    image: np.ndarray  # (z, y, x) HU, cropped
+    myocardium: np.ndarray  # its largest connected part, cropped
+    solid: np.ndarray  # convex hull of the shell, with the shell
+    cavity: np.ndarray  # solid − myocardium
+    world: np.ndarray  # (z, y, x, 3) voxel centres
+    spacing: np.ndarray  # (z, y, x) mm
+    contact_mm: float
+    hull: ConvexHull
+
+
+def _lv_solid(image_hu: np.ndarray, myocardium: np.ndarray, geometry: Geometry) -> _LVSolid | str:
+    """Step 1 of the module doc on a crop round the myocardium (room for the RV contact band); or why not."""
     image = np.asarray(image_hu, dtype=np.float32)
     myo_full = np.asarray(myocardium) > 0
     if image.shape != myo_full.shape or image.ndim != 3:
         raise ValueError(f"image {image.shape} and myocardium {myo_full.shape} must be the same 3-D grid")
     spacing = np.asarray(geometry.spacing, dtype=float)[::-1]  # (z, y, x) mm
-    voxel_mm3 = float(np.prod(spacing))
     if np.count_nonzero(myo_full) < MIN_MYOCARDIUM_VOXELS:
-        return _failed(f"myocardium mask has fewer than {MIN_MYOCARDIUM_VOXELS} voxels")
+        return f"myocardium mask has fewer than {MIN_MYOCARDIUM_VOXELS} voxels"
     myo_full = _largest_component(myo_full)
-
-    # crop: the myocardium's bounding box plus room for the RV contact band
     contact_mm = _rv_contact_mm(spacing)
     margin = np.ceil(contact_mm / spacing).astype(int) + 1
     nz = np.argwhere(myo_full)
     lo = np.maximum(nz.min(axis=0) - margin, 0)
     hi = np.minimum(nz.max(axis=0) + margin + 1, myo_full.shape)
     crop = tuple(slice(a, b) for a, b in zip(lo, hi))
-    myo, img = myo_full[crop], image[crop]
-    offset = lo
-
-    # 1. LV solid (convex hull of the shell) and cavity
+    myo = myo_full[crop]
     shell = myo & ~ndimage.binary_erosion(myo)
-    shell_world = geometry.zyx_to_world(np.argwhere(shell) + offset)
     try:
-        hull = ConvexHull(shell_world)
+        hull = ConvexHull(geometry.zyx_to_world(np.argwhere(shell) + lo))
     except (QhullError, ValueError) as exc:
-        return _failed(f"myocardium is flat or degenerate (convex hull failed: {str(exc).splitlines()[0]})")
-    idx = np.argwhere(np.ones(myo.shape, dtype=bool))
-    world_all = geometry.zyx_to_world(idx + offset).reshape(*myo.shape, 3)
-    solid = _hull_mask(hull, myo.shape, offset, geometry) | myo
+        return f"myocardium is flat or degenerate (convex hull failed: {str(exc).splitlines()[0]})"
+    world = geometry.zyx_to_world(np.argwhere(np.ones(myo.shape, dtype=bool)) + lo).reshape(*myo.shape, 3)
+    solid = _hull_mask(hull, myo.shape, lo, geometry) | myo
     cavity = solid & ~myo
     if np.count_nonzero(cavity) < MIN_MYOCARDIUM_VOXELS // 2:
-        return _failed("myocardium encloses no LV cavity (no long axis)")
+        return "myocardium encloses no LV cavity (no long axis)"
+    return _LVSolid(image[crop], myo, solid, cavity, world, spacing, contact_mm, hull)
+
+
+def _perpendicular_basis(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """e1, e2 ⊥ u with θ positive by the right-hand rule about u (aha.py)."""
+    e1 = np.cross(u, [1.0, 0.0, 0.0] if abs(u[0]) < 0.9 else [0.0, 1.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    return e1, np.cross(u, e1)
+
+
+def geometric_landmarks(image_hu: np.ndarray, myocardium: np.ndarray, geometry: Geometry) -> GeometricLandmarks:
+    """apex, base, rv_insertion (world LPS mm) with per-landmark quality, from the mask and the image (module doc).
+
+    image_hu: (z, y, x) HU (the registered average); myocardium: (z, y, x) mask
+    on the same grid. Raises ValueError only when the two grids differ.
+    """
+    lv = _lv_solid(image_hu, myocardium, geometry)
+    if isinstance(lv, str):
+        return _failed(lv)
+    img, myo, solid, cavity, world_all, spacing = lv.image, lv.myocardium, lv.solid, lv.cavity, lv.world, lv.spacing
+    voxel_mm3 = float(np.prod(spacing))
 
     # 2. long axis: first principal axis of the LV solid (through its centroid). The solid
     # rather than the cavity: a basal ring opened by the LVOT (or a gap in a segmented mask)
@@ -253,9 +276,7 @@ def geometric_landmarks(image_hu: np.ndarray, myocardium: np.ndarray, geometry: 
 
     myo_w = world_all[myo]
     a_myo = (myo_w - centre) @ u
-    e1 = np.cross(u, [1.0, 0.0, 0.0] if abs(u[0]) < 0.9 else [0.0, 1.0, 0.0])
-    e1 /= np.linalg.norm(e1)
-    e2 = np.cross(u, e1)  # θ positive by the right-hand rule about u (aha.py)
+    e1, e2 = _perpendicular_basis(u)
     ring = a_myo < a_base + RING_FRACTION * length
     rel = myo_w[ring] - centre
     sectors = np.unique((np.degrees(np.arctan2(rel @ e2, rel @ e1)) % 360.0 // (360.0 / RING_SECTORS)).astype(int))
@@ -270,9 +291,7 @@ def geometric_landmarks(image_hu: np.ndarray, myocardium: np.ndarray, geometry: 
     q_base = q_apex * checks["ring"]
 
     # 4. RV insertion
-    rv, q_rv, rv_fail, rv_details, rv_checks = _rv_insertion(
-        img, myo, solid, cavity, world_all, spacing, contact_mm, centre, u, e1, e2, a_base, a_apex, hull
-    )
+    rv, q_rv, rv_fail, rv_details, rv_checks = _rv_insertion(lv, centre, u, e1, e2, a_base, a_apex)
     checks.update(rv_checks)
     details.update(rv_details)
     if rv_fail:
@@ -282,8 +301,9 @@ def geometric_landmarks(image_hu: np.ndarray, myocardium: np.ndarray, geometry: 
     return _result(world, quality, failures, checks, details)
 
 
-def _rv_insertion(img, myo, solid, cavity, world_all, spacing, contact_mm, centre, u, e1, e2, a_base, a_apex, hull):
+def _rv_insertion(lv: _LVSolid, centre, u, e1, e2, a_base, a_apex):
     """(point, quality, failure text or None, details, checks) of the anterior RV insertion."""
+    img, myo, solid, cavity, world_all, spacing = lv.image, lv.myocardium, lv.solid, lv.cavity, lv.world, lv.spacing
     nan3 = np.full(3, np.nan)
     myo_med = float(np.median(img[myo]))
     core = ndimage.binary_erosion(cavity)
@@ -306,7 +326,7 @@ def _rv_insertion(img, myo, solid, cavity, world_all, spacing, contact_mm, centr
     details["rv_threshold_hu"] = threshold
     dist = ndimage.distance_transform_edt(~myo, sampling=spacing)
     a = (world_all - centre) @ u
-    candidate = ~solid & (dist <= contact_mm) & (img > threshold) & (a > a_base) & (a < a_apex)
+    candidate = ~solid & (dist <= lv.contact_mm) & (img > threshold) & (a > a_base) & (a < a_apex)
     if not candidate.any():
         checks["arc"] = 0.0
         return nan3, 0.0, f"no RV blood (> {threshold:.0f} HU) next to the myocardium", details, checks
@@ -324,11 +344,85 @@ def _rv_insertion(img, myo, solid, cavity, world_all, spacing, contact_mm, centr
     t = np.radians(start)
     direction = np.cos(t) * e1 + np.sin(t) * e2
     origin = centre + (a_base + RV_INSERTION_AXIAL_FRACTION * (a_apex - a_base)) * u
+    return _on_hull(lv.hull, origin, direction), checks["contrast"] * checks["arc"], None, details, checks
+
+
+def _on_hull(hull: ConvexHull, origin: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """Where the ray from `origin` (inside the hull) along `direction` leaves it: a point of the epicardium."""
     normals, offsets = hull.equations[:, :3], hull.equations[:, 3]
     along = normals @ direction
     reach = -(normals @ origin + offsets)[along > 1e-9] / along[along > 1e-9]
-    radius = float(reach.min()) if reach.size else 0.0
-    return origin + radius * direction, checks["contrast"] * checks["arc"], None, details, checks
+    return origin + (float(reach.min()) if reach.size else 0.0) * direction
+
+
+# Two estimates of the insertion's direction this far apart (one AHA basal sector) cannot both be near it.
+MAX_RV_DISAGREEMENT_DEG = 60.0
+
+
+@dataclass(frozen=True)
+class RVInsertionOnAxis:
+    """The anterior RV insertion about a given long axis (aha.py's definition, placed exactly), and how."""
+
+    world_mm: np.ndarray
+    direction: str  # net | mean_of_net_and_contact | contact
+    contact_quality: float  # the RV-contact estimate's quality (0: not found)
+    disagreement_deg: float  # angle between the net's and the contact's directions about the axis (NaN: one missing)
+    note: str | None  # why the contact estimate was not used, if it was not
+
+
+def rv_insertion_on_axis(
+    image_hu: np.ndarray,
+    myocardium: np.ndarray,
+    geometry: Geometry,
+    apex: np.ndarray,
+    base: np.ndarray,
+    net_point: np.ndarray | None,
+    min_quality: float,
+) -> RVInsertionOnAxis | None:
+    """The insertion's direction about the axis base → apex, from the net's point, the RV contact (step 4 of the
+    module doc, about this axis), or the mean of both; the point placed on the epicardium (the LV solid's
+    surface) at RV_INSERTION_AXIAL_FRACTION of base → apex, where aha.py and the phantoms define it.
+
+    Why both: the insertion is a line along the septum's anterior margin, the net's heatmap finds a point on it
+    whose angle about the axis is what the AHA map uses; the RV contact measures the same angle from the image's
+    first-pass-bright RV. The two err independently (the net where the anatomy is unlike its training, the
+    contact where the RV's blood is dim or touches the LV beyond the insertion), so their mean is the better
+    estimate unless they lie more than MAX_RV_DISAGREEMENT_DEG apart (then the net's, the contact noted).
+    None when the myocardium gives no LV solid (the caller keeps the point it had).
+    """
+    lv = _lv_solid(image_hu, myocardium, geometry)
+    if isinstance(lv, str):
+        return None
+    apex, base = np.asarray(apex, float), np.asarray(base, float)
+    length = float(np.linalg.norm(apex - base))
+    u = (apex - base) / length
+    e1, e2 = _perpendicular_basis(u)
+
+    def about_axis(point: np.ndarray) -> np.ndarray:
+        d = np.asarray(point, float) - base
+        d = d - (d @ u) * u
+        return d / max(float(np.linalg.norm(d)), 1e-9)
+
+    contact, quality, failure, _, _ = _rv_insertion(lv, base, u, e1, e2, 0.0, length)
+    usable = failure is None and quality >= min_quality
+    note = failure or (None if usable else f"RV contact quality {quality:.2f} < {min_quality:.2f}")
+    if net_point is None:
+        if not usable:
+            return None
+        direction, how, angle = about_axis(contact), "contact", float("nan")
+    elif not usable:
+        direction, how, angle = about_axis(net_point), "net", float("nan")
+    else:
+        d_net, d_contact = about_axis(net_point), about_axis(contact)
+        angle = float(np.degrees(np.arccos(np.clip(d_net @ d_contact, -1.0, 1.0))))
+        if angle > MAX_RV_DISAGREEMENT_DEG:
+            direction, how = d_net, "net"
+            note = f"RV contact {angle:.0f}° from the net's insertion (> {MAX_RV_DISAGREEMENT_DEG:.0f}°)"
+        else:
+            direction, how = (d_net + d_contact) / np.linalg.norm(d_net + d_contact), "mean_of_net_and_contact"
+    origin = base + RV_INSERTION_AXIAL_FRACTION * length * u
+    return RVInsertionOnAxis(_on_hull(lv.hull, origin, direction), how, float(quality if failure is None else 0.0),
+                             angle, note)
 
 
 # The myocardium within this many mm of its farthest point from the base: a cap around the epicardial apex.

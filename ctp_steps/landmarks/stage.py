@@ -15,8 +15,9 @@ fallback's attempt; or the average with its mask). The AHA map is built by
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -88,20 +89,56 @@ class ChosenLandmarks:
     names: tuple[str, ...]
     world_mm: np.ndarray
     confidence: np.ndarray  # the net's confidence, or the geometric method's quality
-    methods: tuple[str, ...]  # heatmap | apex_from_base | geometric, per landmark
+    methods: tuple[str, ...]  # heatmap | heatmap+rv_contact | apex_from_base | geometric, per landmark
     failed_attempts: list[str]
+    notes: dict[str, dict] = field(default_factory=dict)  # per landmark, how it was settled (landmarks.json)
 
     @property
     def source(self) -> str:
-        """The methods used, joined by + (heatmap; heatmap+apex_from_base; heatmap+geometric; geometric; ...)."""
-        return "+".join(m for m in ("heatmap", "apex_from_base", "geometric") if m in self.methods)
+        """The methods used, joined by + (heatmap; heatmap+rv_contact; heatmap+apex_from_base; geometric; ...)."""
+        used = {part for m in self.methods for part in m.split("+")}
+        return "+".join(m for m in ("heatmap", "rv_contact", "apex_from_base", "geometric") if m in used)
 
     def as_json(self) -> dict:
         return {
             name: {"world_mm": [float(v) for v in self.world_mm[i]], "confidence": float(self.confidence[i]),
-                   "method": self.methods[i]}
+                   "method": self.methods[i], **self.notes.get(name, {})}
             for i, name in enumerate(self.names)
         }
+
+
+def settle_rv_insertion(chosen: ChosenLandmarks, image: np.ndarray, mask: np.ndarray, geometry,
+                        cfg: LandmarkConfig) -> ChosenLandmarks:
+    """The RV insertion by `cfg.rv_insertion` (config doc) about the chosen apex → base axis.
+
+    A geometric-fallback insertion is already the RV contact about the fallback's own axis: it is only placed
+    (about the final axis), never averaged with itself.
+    """
+    from ctp_steps.landmarks.geometric import rv_insertion_on_axis
+
+    if cfg.rv_insertion == "net":
+        return chosen
+    i = chosen.names.index("rv_insertion")
+    lm = dict(zip(chosen.names, chosen.world_mm))
+    from_net = chosen.methods[i] == "heatmap"
+    combine = cfg.rv_insertion == "net_and_contact_placed" and from_net
+    settled = rv_insertion_on_axis(image, mask, geometry, lm["apex"], lm["base"], lm["rv_insertion"],
+                                   cfg.min_geometric_quality if combine else np.inf)
+    if settled is None:  # no LV solid to place it on: keep the point as found
+        return chosen
+    world = chosen.world_mm.copy()
+    world[i] = settled.world_mm
+    methods = list(chosen.methods)
+    if settled.direction == "mean_of_net_and_contact":
+        methods[i] = "heatmap+rv_contact"
+    note = {"direction": settled.direction if combine else "as_found", "placed": "aha_definition"}
+    if combine:
+        angle = settled.disagreement_deg
+        note.update(net_vs_contact_deg=angle if np.isfinite(angle) else None, contact_quality=settled.contact_quality)
+        if settled.note:
+            note["contact_note"] = settled.note
+    return dataclasses.replace(chosen, world_mm=world, methods=tuple(methods),
+                               notes={**chosen.notes, "rv_insertion": note})
 
 
 def choose_landmarks(det, image: np.ndarray, mask: np.ndarray, geometry, cfg: LandmarkConfig) -> ChosenLandmarks:
@@ -239,6 +276,7 @@ def run(inputs: Inputs, outputs: Outputs, cfg: LandmarkConfig, ctx: Context) -> 
         diagnostic = partial(exc.diagnostic or _landmark_failure_figure, **seen, detection=det.as_json(),
                              heatmaps=heatmaps, crop=det.crop, min_confidence=cfg.min_confidence)
         raise PatientInputError(f"{average_path.name}: {exc}", diagnostic=diagnostic) from None
+    chosen = settle_rv_insertion(chosen, image, mask, geometry, cfg)
     lm = dict(zip(chosen.names, chosen.world_mm))
     aha = aha_segment_map(mask, geometry, lm["apex"], lm["base"], lm["rv_insertion"], cfg.apex_cap_fraction)
     write_json(outputs.landmarks, chosen.as_json())
@@ -250,6 +288,7 @@ def run(inputs: Inputs, outputs: Outputs, cfg: LandmarkConfig, ctx: Context) -> 
         "landmarks_model_sha256": sha256_of(weights),
         "landmark_conf_min": float(chosen.confidence.min()),
         "lv_long_axis_mm": float(np.linalg.norm(lm["apex"] - lm["base"])),
+        "landmark_rv_net_vs_contact_deg": chosen.notes.get("rv_insertion", {}).get("net_vs_contact_deg"),
     }
     record.update({f"landmark_conf_{n}": float(c) for n, c in zip(chosen.names, chosen.confidence)})
     return record
