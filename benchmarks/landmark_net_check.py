@@ -6,7 +6,8 @@ with `stages.registration: oracle`, whose averages sit on the un-moved anatomy, 
 apply as they are); errors in mm and the confidences the stage would test. `--stage` adds what the stage
 would keep (ctp_steps.landmarks.stage.choose_landmarks and settle_rv_insertion with the default config:
 implausible or unsure net landmarks replaced by the fallbacks', the RV insertion settled) as `<checkpoint>+stage`
-rows; `--rv-insertion` lists the `landmarks.rv_insertion` modes to compare (one `+stage:<mode>` row each).
+rows; `--apex` and `--rv-insertion` list the `landmarks.apex` / `landmarks.rv_insertion` modes to compare
+(one `+stage:<apex mode>:<rv mode>` row per pair).
 The RV insertion's angle about the true long axis is reported beside its distance (`rv_angle_deg`).
 
     python benchmarks/landmark_net_check.py --runs default=/tmp/d/results shifted=/tmp/s/results \
@@ -25,7 +26,7 @@ import torch
 from ctp_steps.io import read_json, read_status, read_volume
 from ctp_steps.landmarks.config import LandmarkConfig
 from ctp_steps.landmarks.infer import LandmarkDetector
-from ctp_steps.landmarks.stage import choose_landmarks, settle_rv_insertion
+from ctp_steps.landmarks.stage import choose_landmarks, settle_apex, settle_rv_insertion
 from ctp_steps.types import PatientInputError
 
 
@@ -58,6 +59,8 @@ def main() -> None:
     ap.add_argument("--stage", action="store_true", help="also the landmarks the stage keeps (net + fallback)")
     ap.add_argument("--rv-insertion", nargs="+", default=None,
                     help="with --stage: landmarks.rv_insertion modes to compare (default: the config's)")
+    ap.add_argument("--apex", nargs="+", default=None,
+                    help="with --stage: landmarks.apex modes to compare (default: the config's)")
     ap.add_argument("--per-patient", action="store_true", help="print every patient's errors")
     args = ap.parse_args()
     rows = []
@@ -77,11 +80,14 @@ def main() -> None:
                 truth = read_json(root / "synthetic" / "truth" / rel / "truth.json")["landmarks"]
                 det = detector.detect(average.astype(np.float32), mask > 0, geometry)
                 found = [(name, det.world_mm, det.confidence, "heatmap")]
-                for mode in (args.rv_insertion or [None]) if args.stage else []:
-                    cfg = LandmarkConfig() if mode is None else LandmarkConfig(rv_insertion=mode)
-                    label = f"{name}+stage" + (f":{mode}" if mode else "")
+                modes = [(a, r) for a in (args.apex or [None]) for r in (args.rv_insertion or [None])]
+                for apex_mode, rv_mode in modes if args.stage else []:
+                    chosen_modes = {k: v for k, v in (("apex", apex_mode), ("rv_insertion", rv_mode)) if v}
+                    cfg = LandmarkConfig(**chosen_modes)
+                    label = f"{name}+stage" + "".join(f":{v}" for v in chosen_modes.values())
                     try:
                         chosen = choose_landmarks(det, average, mask > 0, geometry, cfg)
+                        chosen = settle_apex(chosen, average, mask > 0, geometry, cfg)
                         chosen = settle_rv_insertion(chosen, average, mask > 0, geometry, cfg)
                         found.append((label, chosen.world_mm, chosen.confidence, chosen.source))
                     except PatientInputError:

@@ -140,7 +140,7 @@ def test_train_loop_checkpoint_and_stage_outputs(tiny_cases, tmp_path):
     # an under-trained net detects something; with no confidence floor and no distance check the stage writes
     # every output from the net alone
     status = run(LandmarkConfig(min_confidence=0.0, min_long_axis_mm=0.0, max_off_myocardium_mm=1e4,
-                                rv_insertion="net"))
+                                apex="net", rv_insertion="net"))
     assert status["status"] == "ok", status
     assert set(status["record"]) == {
         "landmarks_source", "landmark_conf_min", "landmark_conf_apex", "landmark_conf_base",
@@ -334,7 +334,7 @@ def test_stage_in_the_workflow_with_shipped_weights(tmp_path):
         patient = Path(target.replace("/validation/patients/", "/patients/")).parent
         status = read_json(patient / "landmarks.status.json")
         assert status["status"] == "ok", status
-        assert status["record"]["landmarks_source"] in ("heatmap", "heatmap+rv_contact")
+        assert status["record"]["landmarks_source"] in ("heatmap", "heatmap+rv_contact", "heatmap+lv_axis+rv_contact")
         rv = read_json(patient / "landmarks.json")["rv_insertion"]
         assert rv["placed"] == "aha_definition" and rv["direction"] in ("net", "mean_of_net_and_contact")
         assert (patient / "landmarks.png").stat().st_size > 1000

@@ -187,3 +187,34 @@ def test_rv_insertion_on_the_net_axis_placed_and_averaged_with_the_contact(cases
                                      _rotated_about(rv, base, u, 90.0), 0.5)
         assert wrong.direction == "net" and "from the net's insertion" in wrong.note
         assert abs(_angle_about(wrong.world_mm, rv, base, u) - 90.0) < 0.5
+
+
+def test_apex_on_the_axis_of_symmetry_and_the_stage_mean(cases):
+    """From the true base the symmetry axis finds the epicardial apex within two voxels; the stage halves a net
+    apex 6 mm off to the side and keeps (and notes) one that lies a fifth of the LV length away."""
+    from ctp_steps.landmarks.config import LandmarkConfig
+    from ctp_steps.landmarks.geometric import apex_on_axis_of_symmetry
+    from ctp_steps.landmarks.stage import ChosenLandmarks, settle_apex
+
+    for case in cases[:4]:
+        apex, base, rv = (np.asarray(p, float) for p in case.landmarks)
+        voxel = max(case.geometry.spacing)
+        found = apex_on_axis_of_symmetry(case.image, case.mask, case.geometry, base)
+        assert np.linalg.norm(found - apex) < 2.0 * voxel
+        u = (apex - base) / np.linalg.norm(apex - base)
+        side = np.cross(u, rv - base)
+        side /= np.linalg.norm(side)
+
+        def chosen_with(net_apex, method="heatmap"):
+            return ChosenLandmarks(LANDMARKS, np.stack([net_apex, base, rv]), np.ones(3), (method, "heatmap", "heatmap"), [])
+
+        settled = settle_apex(chosen_with(apex + 6.0 * side), case.image, case.mask, case.geometry, LandmarkConfig())
+        assert settled.methods[0] == "heatmap+lv_axis" and "lv_axis" in settled.source
+        assert np.linalg.norm(settled.world_mm[0] - apex) < 3.0 + 0.5 * voxel
+        assert settled.notes["apex"]["net_vs_axis_mm"] == pytest.approx(np.linalg.norm(found - apex - 6.0 * side))
+        far = apex + 0.25 * np.linalg.norm(apex - base) * side
+        kept = settle_apex(chosen_with(far), case.image, case.mask, case.geometry, LandmarkConfig())
+        assert np.array_equal(kept.world_mm[0], far) and "axis_note" in kept.notes["apex"]
+        fallback = settle_apex(chosen_with(apex + 6.0 * side, "apex_from_base"), case.image, case.mask,
+                               case.geometry, LandmarkConfig())
+        assert np.array_equal(fallback.world_mm[0], apex + 6.0 * side) and "apex" not in fallback.notes

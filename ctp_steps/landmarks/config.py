@@ -104,6 +104,14 @@ class LandmarkConfig(BaseModel):
         "myocardium voxel is implausible whatever the net's confidence, and the fallback replaces it (about one "
         "LV wall thickness, 6-11 mm in adults, so a point this far off lies on no wall of this LV).",
     )
+    apex: Literal["net", "mean_of_net_and_axis"] = Field(
+        "mean_of_net_and_axis",
+        description="How the stage settles the net's apex. `net`: as detected. `mean_of_net_and_axis`: the mean of "
+        "the net's apex and the point where the LV's axis of symmetry (the base through the LV solid's centroid) "
+        "leaves the epicardium (ctp_steps.landmarks.geometric.apex_on_axis_of_symmetry): two estimators with "
+        "independent errors, the net's alone when they lie more than a fifth of base → apex apart. An apex from a "
+        "fallback is kept as it is. landmarks.json records which.",
+    )
     rv_insertion: Literal["net", "net_placed", "net_and_contact_placed"] = Field(
         "net_and_contact_placed",
         description="How the stage settles the RV insertion the AHA angles start from. `net`: the heatmap's point "

@@ -355,6 +355,26 @@ def _on_hull(hull: ConvexHull, origin: np.ndarray, direction: np.ndarray) -> np.
     return origin + (float(reach.min()) if reach.size else 0.0) * direction
 
 
+def apex_on_axis_of_symmetry(image_hu: np.ndarray, myocardium: np.ndarray, geometry: Geometry,
+                             base: np.ndarray) -> np.ndarray | None:
+    """The epicardial apex as where the LV's axis of symmetry leaves the epicardium, given the base.
+
+    An LV is close to a solid of revolution about its long axis (AHA's segment model assumes as much), so that
+    axis runs through the mitral valve centre (the base) and the centroid of the LV solid (shell and cavity,
+    step 1 of the module doc); the apex is where the ray from the centroid away from the base leaves the
+    solid's hull. Unlike the net's heatmap peak it depends on the mask's whole shape, not on how the apical
+    cap looks. None when the mask gives no LV solid.
+    """
+    lv = _lv_solid(image_hu, myocardium, geometry)
+    if isinstance(lv, str):
+        return None
+    centre = lv.world[lv.solid].mean(axis=0)
+    u = centre - np.asarray(base, float)
+    if np.linalg.norm(u) < 1e-6:
+        return None
+    return _on_hull(lv.hull, centre, u / np.linalg.norm(u))
+
+
 # Two estimates of the insertion's direction this far apart (one AHA basal sector) cannot both be near it.
 MAX_RV_DISAGREEMENT_DEG = 60.0
 

@@ -89,15 +89,15 @@ class ChosenLandmarks:
     names: tuple[str, ...]
     world_mm: np.ndarray
     confidence: np.ndarray  # the net's confidence, or the geometric method's quality
-    methods: tuple[str, ...]  # heatmap | heatmap+rv_contact | apex_from_base | geometric, per landmark
+    methods: tuple[str, ...]  # heatmap | heatmap+lv_axis | heatmap+rv_contact | apex_from_base | geometric
     failed_attempts: list[str]
     notes: dict[str, dict] = field(default_factory=dict)  # per landmark, how it was settled (landmarks.json)
 
     @property
     def source(self) -> str:
-        """The methods used, joined by + (heatmap; heatmap+rv_contact; heatmap+apex_from_base; geometric; ...)."""
+        """The methods used, joined by + (heatmap; heatmap+lv_axis+rv_contact; heatmap+apex_from_base; ...)."""
         used = {part for m in self.methods for part in m.split("+")}
-        return "+".join(m for m in ("heatmap", "rv_contact", "apex_from_base", "geometric") if m in used)
+        return "+".join(m for m in ("heatmap", "lv_axis", "rv_contact", "apex_from_base", "geometric") if m in used)
 
     def as_json(self) -> dict:
         return {
@@ -105,6 +105,34 @@ class ChosenLandmarks:
                    "method": self.methods[i], **self.notes.get(name, {})}
             for i, name in enumerate(self.names)
         }
+
+
+# Two apex estimates this far apart (as a fraction of base → apex) cannot both be near it: the axis would tilt > 10°.
+MAX_APEX_DISAGREEMENT_FRACTION = 0.2
+
+
+def settle_apex(chosen: ChosenLandmarks, image: np.ndarray, mask: np.ndarray, geometry,
+                cfg: LandmarkConfig) -> ChosenLandmarks:
+    """The net's apex by `cfg.apex` (config doc) about the chosen base; a fallback's apex is left as it is."""
+    from ctp_steps.landmarks.geometric import apex_on_axis_of_symmetry
+
+    i = chosen.names.index("apex")
+    if cfg.apex == "net" or chosen.methods[i] != "heatmap":
+        return chosen
+    lm = dict(zip(chosen.names, chosen.world_mm))
+    axis_apex = apex_on_axis_of_symmetry(image, mask, geometry, lm["base"])
+    if axis_apex is None:
+        return chosen
+    apart = float(np.linalg.norm(axis_apex - lm["apex"]))
+    length = float(np.linalg.norm(lm["apex"] - lm["base"]))
+    note = {"net_vs_axis_mm": apart}
+    world, methods = chosen.world_mm.copy(), list(chosen.methods)
+    if apart <= MAX_APEX_DISAGREEMENT_FRACTION * length:
+        world[i] = (lm["apex"] + axis_apex) / 2.0
+        methods[i] = "heatmap+lv_axis"
+    else:
+        note["axis_note"] = f"axis apex {apart:.1f} mm from the net's (> {MAX_APEX_DISAGREEMENT_FRACTION:g} of base→apex)"
+    return dataclasses.replace(chosen, world_mm=world, methods=tuple(methods), notes={**chosen.notes, "apex": note})
 
 
 def settle_rv_insertion(chosen: ChosenLandmarks, image: np.ndarray, mask: np.ndarray, geometry,
@@ -276,7 +304,7 @@ def run(inputs: Inputs, outputs: Outputs, cfg: LandmarkConfig, ctx: Context) -> 
         diagnostic = partial(exc.diagnostic or _landmark_failure_figure, **seen, detection=det.as_json(),
                              heatmaps=heatmaps, crop=det.crop, min_confidence=cfg.min_confidence)
         raise PatientInputError(f"{average_path.name}: {exc}", diagnostic=diagnostic) from None
-    chosen = settle_rv_insertion(chosen, image, mask, geometry, cfg)
+    chosen = settle_rv_insertion(settle_apex(chosen, image, mask, geometry, cfg), image, mask, geometry, cfg)
     lm = dict(zip(chosen.names, chosen.world_mm))
     aha = aha_segment_map(mask, geometry, lm["apex"], lm["base"], lm["rv_insertion"], cfg.apex_cap_fraction)
     write_json(outputs.landmarks, chosen.as_json())
