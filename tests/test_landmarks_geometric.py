@@ -187,6 +187,9 @@ def test_rv_insertion_on_the_net_axis_placed_and_averaged_with_the_contact(cases
                                      _rotated_about(rv, base, u, 90.0), 0.5)
         assert wrong.direction == "net" and "from the net's insertion" in wrong.note
         assert abs(_angle_about(wrong.world_mm, rv, base, u) - 90.0) < 0.5
+        aside = 100.0 * (rv - base - ((rv - base) @ u) * u) / np.linalg.norm(rv - base - ((rv - base) @ u) * u)
+        assert rv_insertion_on_axis(case.image, case.mask, case.geometry, apex + aside, base + aside, rv + aside,
+                                    0.5) is None  # an axis beside the LV: nothing to place the point on
 
 
 def test_apex_on_the_axis_of_symmetry_and_the_stage_mean(cases):

@@ -408,7 +408,8 @@ def rv_insertion_on_axis(
     first-pass-bright RV. The two err independently (the net where the anatomy is unlike its training, the
     contact where the RV's blood is dim or touches the LV beyond the insertion), so their mean is the better
     estimate unless they lie more than MAX_RV_DISAGREEMENT_DEG apart (then the net's, the contact noted).
-    None when the myocardium gives no LV solid (the caller keeps the point it had).
+    None when the myocardium gives no LV solid or the axis misses it at that level (the caller keeps the point
+    it had).
     """
     lv = _lv_solid(image_hu, myocardium, geometry)
     if isinstance(lv, str):
@@ -441,6 +442,8 @@ def rv_insertion_on_axis(
         else:
             direction, how = (d_net + d_contact) / np.linalg.norm(d_net + d_contact), "mean_of_net_and_contact"
     origin = base + RV_INSERTION_AXIAL_FRACTION * length * u
+    if np.any(lv.hull.equations[:, :3] @ origin + lv.hull.equations[:, 3] > 1e-6):
+        return None  # the axis misses the LV solid at that level: no epicardium to place the point on
     return RVInsertionOnAxis(_on_hull(lv.hull, origin, direction), how, float(quality if failure is None else 0.0),
                              angle, note)
 
