@@ -15,9 +15,8 @@ fallback's attempt; or the average with its mask). The AHA map is built by
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -132,7 +131,7 @@ def settle_apex(chosen: ChosenLandmarks, image: np.ndarray, mask: np.ndarray, ge
         methods[i] = "heatmap+lv_axis"
     else:
         note["axis_note"] = f"axis apex {apart:.1f} mm from the net's (> {MAX_APEX_DISAGREEMENT_FRACTION:g} of base→apex)"
-    return dataclasses.replace(chosen, world_mm=world, methods=tuple(methods), notes={**chosen.notes, "apex": note})
+    return replace(chosen, world_mm=world, methods=tuple(methods), notes={**chosen.notes, "apex": note})
 
 
 def settle_rv_insertion(chosen: ChosenLandmarks, image: np.ndarray, mask: np.ndarray, geometry,
@@ -165,7 +164,7 @@ def settle_rv_insertion(chosen: ChosenLandmarks, image: np.ndarray, mask: np.nda
         note.update(net_vs_contact_deg=angle if np.isfinite(angle) else None, contact_quality=settled.contact_quality)
         if settled.note:
             note["contact_note"] = settled.note
-    return dataclasses.replace(chosen, world_mm=world, methods=tuple(methods),
+    return replace(chosen, world_mm=world, methods=tuple(methods),
                                notes={**chosen.notes, "rv_insertion": note})
 
 

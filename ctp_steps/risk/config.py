@@ -59,7 +59,9 @@ class RiskConfig(BaseModel):
             "Corrections of the marker's hazard ratio for its measurement error, reported beside the naive "
             "estimate (table measurement_error.parquet, report): regression_calibration (bootstrap CI) and/or "
             "simex; []: none. Needs the per-patient standard error column `marker_se_column`; without it the "
-            "correction is skipped and the outputs say so."
+            "correction is skipped and the outputs say so. Validated on 200 simulated cohorts (BENCHMARKS.md): "
+            "regression calibration's 95 % CIs covered the true HR in 94 %, SIMEX's in 88.5 % (its quadratic "
+            "extrapolant leaves some attenuation)."
         ),
     )
     marker_se_column: str | None = Field(
