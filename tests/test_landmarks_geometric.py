@@ -175,9 +175,14 @@ def test_rv_insertion_on_the_net_axis_placed_and_averaged_with_the_contact(cases
         apex, base, rv = (np.asarray(p, float) for p in case.landmarks)
         u = (apex - base) / np.linalg.norm(apex - base)
         voxel = max(case.geometry.spacing)
-        slid = rv + 12.0 * u + 4.0 * (rv - base - ((rv - base) @ u) * u) / 30.0  # along the line and outwards
-        placed = rv_insertion_on_axis(case.image, case.mask, case.geometry, apex, base, slid, np.inf)
-        assert placed.direction == "net" and np.linalg.norm(placed.world_mm - rv) < 1.5 * voxel
+        outward = (rv - base - ((rv - base) @ u) * u) / np.linalg.norm(rv - base - ((rv - base) @ u) * u)
+        placed = rv_insertion_on_axis(case.image, case.mask, case.geometry, apex, base, rv + 12.0 * u, np.inf)
+        assert placed.direction == "net" and np.linalg.norm(placed.world_mm - rv) < 0.01  # back on its level
+        out = rv_insertion_on_axis(case.image, case.mask, case.geometry, apex, base, rv + 12.0 * u + 3.0 * outward,
+                                   np.inf)
+        assert np.linalg.norm(out.world_mm - (rv + 3.0 * outward)) < 0.01  # the net's distance from the axis kept
+        hull_only = rv_insertion_on_axis(case.image, case.mask, case.geometry, apex, base, None, 0.5)
+        assert hull_only.direction == "contact" and np.linalg.norm(hull_only.world_mm - rv) < 2.0 * voxel
         off = _rotated_about(rv, base, u, 20.0)
         both = rv_insertion_on_axis(case.image, case.mask, case.geometry, apex, base, off, 0.5)
         assert both.direction == "mean_of_net_and_contact" and both.contact_quality >= 0.5

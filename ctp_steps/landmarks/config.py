@@ -115,9 +115,9 @@ class LandmarkConfig(BaseModel):
     rv_insertion: Literal["net", "net_placed", "net_and_contact_placed"] = Field(
         "net_and_contact_placed",
         description="How the stage settles the RV insertion the AHA angles start from. `net`: the heatmap's point "
-        "as detected. `net_placed`: its direction about the long axis, the point put where ctp_steps.aha defines "
-        "it (on the epicardium at a quarter of base → apex; the insertion is a line along the septum's anterior "
-        "margin, so the net's position along it carries no information the AHA map uses). "
+        "as detected. `net_placed`: its direction about the long axis and its distance from it, the point put at "
+        "the level where ctp_steps.aha defines it (a quarter of base → apex; the insertion is a line along the "
+        "septum's anterior margin, so the net's position along it carries no information the AHA map uses). "
         "`net_and_contact_placed`: the direction is the mean of the net's and the geometric method's RV-contact "
         "estimate about the same axis (ctp_steps.landmarks.geometric.rv_insertion_on_axis: two estimators with "
         "independent errors), the net's alone when the contact is not found (quality below min_geometric_quality) "

@@ -400,8 +400,10 @@ def rv_insertion_on_axis(
     min_quality: float,
 ) -> RVInsertionOnAxis | None:
     """The insertion's direction about the axis base → apex, from the net's point, the RV contact (step 4 of the
-    module doc, about this axis), or the mean of both; the point placed on the epicardium (the LV solid's
-    surface) at RV_INSERTION_AXIAL_FRACTION of base → apex, where aha.py and the phantoms define it.
+    module doc, about this axis), or the mean of both; the point placed at RV_INSERTION_AXIAL_FRACTION of
+    base → apex, where aha.py and the phantoms define it, on the epicardium: at the net's own distance from
+    the axis where there is a net point (the segmented myocardium's hull reaches past the epicardium where
+    the RV wall joins it, by up to 4 mm on the shifted phantom family; BENCHMARKS.md), else on that hull.
 
     Why both: the insertion is a line along the septum's anterior margin, the net's heatmap finds a point on it
     whose angle about the axis is what the AHA map uses; the RV contact measures the same angle from the image's
@@ -444,8 +446,11 @@ def rv_insertion_on_axis(
     origin = base + RV_INSERTION_AXIAL_FRACTION * length * u
     if np.any(lv.hull.equations[:, :3] @ origin + lv.hull.equations[:, 3] > 1e-6):
         return None  # the axis misses the LV solid at that level: no epicardium to place the point on
-    return RVInsertionOnAxis(_on_hull(lv.hull, origin, direction), how, float(quality if failure is None else 0.0),
-                             angle, note)
+    radius = float(np.linalg.norm(_on_hull(lv.hull, origin, direction) - origin))
+    if net_point is not None:  # the net's own distance from the axis (docstring)
+        offset = np.asarray(net_point, float) - base
+        radius = float(np.linalg.norm(offset - (offset @ u) * u))
+    return RVInsertionOnAxis(origin + radius * direction, how, float(quality if failure is None else 0.0), angle, note)
 
 
 # The myocardium within this many mm of its farthest point from the base: a cap around the epicardial apex.
