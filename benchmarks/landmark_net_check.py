@@ -4,7 +4,7 @@ Isolates the heatmap net from the stage's fallback and exclusion rules: each che
 and RV insertion on the same `average.nii.gz` + `myocardium.nii.gz` of finished runs (e.g. `validate` runs
 with `stages.registration: oracle`, whose averages sit on the un-moved anatomy, so the truth landmarks
 apply as they are); errors in mm and the confidences the stage would test. `--stage` adds what the stage
-would keep (ctp_steps.landmarks.stage.choose_landmarks and settle_rv_insertion with the default config:
+would keep (ctp_steps.landmarks.stage.choose_landmarks and settle_landmarks with the default config:
 implausible or unsure net landmarks replaced by the fallbacks', the RV insertion settled) as `<checkpoint>+stage`
 rows; `--apex` and `--rv-insertion` list the `landmarks.apex` / `landmarks.rv_insertion` modes to compare
 (one `+stage:<apex mode>:<rv mode>` row per pair).
@@ -26,7 +26,7 @@ import torch
 from ctp_steps.io import read_json, read_status, read_volume
 from ctp_steps.landmarks.config import LandmarkConfig
 from ctp_steps.landmarks.infer import LandmarkDetector
-from ctp_steps.landmarks.stage import choose_landmarks, settle_apex, settle_rv_insertion
+from ctp_steps.landmarks.stage import choose_landmarks, settle_landmarks
 from ctp_steps.types import PatientInputError
 
 
@@ -87,8 +87,7 @@ def main() -> None:
                     label = f"{name}+stage" + "".join(f":{v}" for v in chosen_modes.values())
                     try:
                         chosen = choose_landmarks(det, average, mask > 0, geometry, cfg)
-                        chosen = settle_apex(chosen, average, mask > 0, geometry, cfg)
-                        chosen = settle_rv_insertion(chosen, average, mask > 0, geometry, cfg)
+                        chosen = settle_landmarks(chosen, average, mask > 0, geometry, cfg)
                         found.append((label, chosen.world_mm, chosen.confidence, chosen.source))
                     except PatientInputError:
                         found.append((label, np.full((3, 3), np.nan), np.zeros(3), "excluded"))

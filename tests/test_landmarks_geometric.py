@@ -169,31 +169,31 @@ def _angle_about(p, q, base, u):
 def test_rv_insertion_on_the_net_axis_placed_and_averaged_with_the_contact(cases):
     """The insertion is put where aha.py defines it whatever the net's position along the insertion line; a net
     direction 20° off is pulled halfway to the RV contact's; one 90° off is kept and the disagreement noted."""
-    from ctp_steps.landmarks.geometric import rv_insertion_on_axis
+    from ctp_steps.landmarks.geometric import lv_solid, rv_insertion_on_axis
 
     for case in cases[:4]:
         apex, base, rv = (np.asarray(p, float) for p in case.landmarks)
         u = (apex - base) / np.linalg.norm(apex - base)
         voxel = max(case.geometry.spacing)
+        lv = lv_solid(case.image, case.mask, case.geometry)
         outward = (rv - base - ((rv - base) @ u) * u) / np.linalg.norm(rv - base - ((rv - base) @ u) * u)
-        placed = rv_insertion_on_axis(case.image, case.mask, case.geometry, apex, base, rv + 12.0 * u, np.inf)
+        placed = rv_insertion_on_axis(lv, apex, base, rv + 12.0 * u, None)
         assert placed.direction == "net" and np.linalg.norm(placed.world_mm - rv) < 0.01  # back on its level
-        out = rv_insertion_on_axis(case.image, case.mask, case.geometry, apex, base, rv + 12.0 * u + 3.0 * outward,
-                                   np.inf)
+        out = rv_insertion_on_axis(lv, apex, base, rv + 12.0 * u + 3.0 * outward, None)
         assert np.linalg.norm(out.world_mm - (rv + 3.0 * outward)) < 0.01  # the net's distance from the axis kept
-        hull_only = rv_insertion_on_axis(case.image, case.mask, case.geometry, apex, base, None, 0.5)
+        hull_only = rv_insertion_on_axis(lv, apex, base, None, 0.5)
         assert hull_only.direction == "contact" and np.linalg.norm(hull_only.world_mm - rv) < 2.0 * voxel
         off = _rotated_about(rv, base, u, 20.0)
-        both = rv_insertion_on_axis(case.image, case.mask, case.geometry, apex, base, off, 0.5)
+        both = rv_insertion_on_axis(lv, apex, base, off, 0.5)
         assert both.direction == "mean_of_net_and_contact" and both.contact_quality >= 0.5
         assert 17.0 < both.disagreement_deg < 23.0
         assert 7.0 < _angle_about(both.world_mm, rv, base, u) < 13.0
-        wrong = rv_insertion_on_axis(case.image, case.mask, case.geometry, apex, base,
+        wrong = rv_insertion_on_axis(lv, apex, base,
                                      _rotated_about(rv, base, u, 90.0), 0.5)
         assert wrong.direction == "net" and "from the net's insertion" in wrong.note
         assert abs(_angle_about(wrong.world_mm, rv, base, u) - 90.0) < 0.5
         aside = 100.0 * (rv - base - ((rv - base) @ u) * u) / np.linalg.norm(rv - base - ((rv - base) @ u) * u)
-        assert rv_insertion_on_axis(case.image, case.mask, case.geometry, apex + aside, base + aside, rv + aside,
+        assert rv_insertion_on_axis(lv, apex + aside, base + aside, rv + aside,
                                     0.5) is None  # an axis beside the LV: nothing to place the point on
 
 
@@ -201,13 +201,14 @@ def test_apex_on_the_axis_of_symmetry_and_the_stage_mean(cases):
     """From the true base the symmetry axis finds the epicardial apex within two voxels; the stage halves a net
     apex 6 mm off to the side and keeps (and notes) one that lies a fifth of the LV length away."""
     from ctp_steps.landmarks.config import LandmarkConfig
-    from ctp_steps.landmarks.geometric import apex_on_axis_of_symmetry
+    from ctp_steps.landmarks.geometric import apex_on_axis_of_symmetry, lv_solid
     from ctp_steps.landmarks.stage import ChosenLandmarks, settle_apex
 
     for case in cases[:4]:
         apex, base, rv = (np.asarray(p, float) for p in case.landmarks)
         voxel = max(case.geometry.spacing)
-        found = apex_on_axis_of_symmetry(case.image, case.mask, case.geometry, base)
+        lv = lv_solid(case.image, case.mask, case.geometry)
+        found = apex_on_axis_of_symmetry(lv, base)
         assert np.linalg.norm(found - apex) < 2.0 * voxel
         u = (apex - base) / np.linalg.norm(apex - base)
         side = np.cross(u, rv - base)
@@ -216,13 +217,12 @@ def test_apex_on_the_axis_of_symmetry_and_the_stage_mean(cases):
         def chosen_with(net_apex, method="heatmap"):
             return ChosenLandmarks(LANDMARKS, np.stack([net_apex, base, rv]), np.ones(3), (method, "heatmap", "heatmap"), [])
 
-        settled = settle_apex(chosen_with(apex + 6.0 * side), case.image, case.mask, case.geometry, LandmarkConfig())
+        settled = settle_apex(chosen_with(apex + 6.0 * side), lv, LandmarkConfig())
         assert settled.methods[0] == "heatmap+lv_axis" and "lv_axis" in settled.source
         assert np.linalg.norm(settled.world_mm[0] - apex) < 3.0 + 0.5 * voxel
         assert settled.notes["apex"]["net_vs_axis_mm"] == pytest.approx(np.linalg.norm(found - apex - 6.0 * side))
         far = apex + 0.25 * np.linalg.norm(apex - base) * side
-        kept = settle_apex(chosen_with(far), case.image, case.mask, case.geometry, LandmarkConfig())
+        kept = settle_apex(chosen_with(far), lv, LandmarkConfig())
         assert np.array_equal(kept.world_mm[0], far) and "axis_note" in kept.notes["apex"]
-        fallback = settle_apex(chosen_with(apex + 6.0 * side, "apex_from_base"), case.image, case.mask,
-                               case.geometry, LandmarkConfig())
+        fallback = settle_apex(chosen_with(apex + 6.0 * side, "apex_from_base"), lv, LandmarkConfig())
         assert np.array_equal(fallback.world_mm[0], apex + 6.0 * side) and "apex" not in fallback.notes

@@ -267,7 +267,8 @@ def test_lv_boundary_contrast_in_noise_sds():
 
 def test_lv_dice_is_checked_only_where_the_lv_boundary_is_visible(tiny_patient):
     """Frames before the bolus and late in the washout (LV ≈ wall) are not judged by their LV mask's overlap."""
-    from ctp_steps.registration.stage import lv_dice_checked, qc_failure, register_arrays
+    from ctp_steps.registration.qc import lv_dice_checked
+    from ctp_steps.registration.stage import qc_failure, register_arrays
 
     cfg = RegistrationConfig(min_lv_dice_after=0.999)  # every moving frame's translation-only overlap is below
     res = register_arrays(tiny_patient.frames_hu, _masks(tiny_patient), tiny_patient.geometry, "translation", cfg,

@@ -176,8 +176,9 @@ def _rv_contact_mm(spacing: np.ndarray) -> float:
 
 
 @dataclass(frozen=True)
-class _LVSolid:
-    """The myocardium's crop and what steps 1 and 4 of the module doc build on it (world LPS mm throughout)."""
+class LVSolid:
+    """The myocardium's crop and what steps 1 and 4 of the module doc build on it (world LPS mm throughout);
+    built once per patient by `lv_solid` and shared by the fallback and the stage's second estimates."""
 
     image: np.ndarray  # (z, y, x) HU, cropped
     myocardium: np.ndarray  # its largest connected part, cropped
@@ -189,7 +190,7 @@ class _LVSolid:
     hull: ConvexHull
 
 
-def _lv_solid(image_hu: np.ndarray, myocardium: np.ndarray, geometry: Geometry) -> _LVSolid | str:
+def lv_solid(image_hu: np.ndarray, myocardium: np.ndarray, geometry: Geometry) -> LVSolid | str:
     """Step 1 of the module doc on a crop round the myocardium (room for the RV contact band); or why not."""
     image = np.asarray(image_hu, dtype=np.float32)
     myo_full = np.asarray(myocardium) > 0
@@ -216,7 +217,7 @@ def _lv_solid(image_hu: np.ndarray, myocardium: np.ndarray, geometry: Geometry) 
     cavity = solid & ~myo
     if np.count_nonzero(cavity) < MIN_MYOCARDIUM_VOXELS // 2:
         return "myocardium encloses no LV cavity (no long axis)"
-    return _LVSolid(image[crop], myo, solid, cavity, world, spacing, contact_mm, hull)
+    return LVSolid(image[crop], myo, solid, cavity, world, spacing, contact_mm, hull)
 
 
 def _perpendicular_basis(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -232,7 +233,7 @@ def geometric_landmarks(image_hu: np.ndarray, myocardium: np.ndarray, geometry: 
     image_hu: (z, y, x) HU (the registered average); myocardium: (z, y, x) mask
     on the same grid. Raises ValueError only when the two grids differ.
     """
-    lv = _lv_solid(image_hu, myocardium, geometry)
+    lv = lv_solid(image_hu, myocardium, geometry)
     if isinstance(lv, str):
         return _failed(lv)
     img, myo, solid, cavity, world_all, spacing = lv.image, lv.myocardium, lv.solid, lv.cavity, lv.world, lv.spacing
@@ -301,7 +302,7 @@ def geometric_landmarks(image_hu: np.ndarray, myocardium: np.ndarray, geometry: 
     return _result(world, quality, failures, checks, details)
 
 
-def _rv_insertion(lv: _LVSolid, centre, u, e1, e2, a_base, a_apex):
+def _rv_insertion(lv: LVSolid, centre, u, e1, e2, a_base, a_apex):
     """(point, quality, failure text or None, details, checks) of the anterior RV insertion."""
     img, myo, solid, cavity, world_all, spacing = lv.image, lv.myocardium, lv.solid, lv.cavity, lv.world, lv.spacing
     nan3 = np.full(3, np.nan)
@@ -355,19 +356,15 @@ def _on_hull(hull: ConvexHull, origin: np.ndarray, direction: np.ndarray) -> np.
     return origin + (float(reach.min()) if reach.size else 0.0) * direction
 
 
-def apex_on_axis_of_symmetry(image_hu: np.ndarray, myocardium: np.ndarray, geometry: Geometry,
-                             base: np.ndarray) -> np.ndarray | None:
+def apex_on_axis_of_symmetry(lv: LVSolid, base: np.ndarray) -> np.ndarray | None:
     """The epicardial apex as where the LV's axis of symmetry leaves the epicardium, given the base.
 
     An LV is close to a solid of revolution about its long axis (AHA's segment model assumes as much), so that
     axis runs through the mitral valve centre (the base) and the centroid of the LV solid (shell and cavity,
     step 1 of the module doc); the apex is where the ray from the centroid away from the base leaves the
     solid's hull. Unlike the net's heatmap peak it depends on the mask's whole shape, not on how the apical
-    cap looks. None when the mask gives no LV solid.
+    cap looks. None when the base sits at the centroid (no direction).
     """
-    lv = _lv_solid(image_hu, myocardium, geometry)
-    if isinstance(lv, str):
-        return None
     centre = lv.world[lv.solid].mean(axis=0)
     u = centre - np.asarray(base, float)
     if np.linalg.norm(u) < 1e-6:
@@ -391,66 +388,62 @@ class RVInsertionOnAxis:
 
 
 def rv_insertion_on_axis(
-    image_hu: np.ndarray,
-    myocardium: np.ndarray,
-    geometry: Geometry,
+    lv: LVSolid,
     apex: np.ndarray,
     base: np.ndarray,
     net_point: np.ndarray | None,
-    min_quality: float,
+    min_quality: float | None,
 ) -> RVInsertionOnAxis | None:
     """The insertion's direction about the axis base → apex, from the net's point, the RV contact (step 4 of the
-    module doc, about this axis), or the mean of both; the point placed at RV_INSERTION_AXIAL_FRACTION of
-    base → apex, where aha.py and the phantoms define it, on the epicardium: at the net's own distance from
-    the axis where there is a net point (the segmented myocardium's hull reaches past the epicardium where
-    the RV wall joins it, by up to 4 mm on the shifted phantom family; BENCHMARKS.md), else on that hull.
+    module doc, about this axis; not computed when `min_quality` is None), or the mean of both; the point placed
+    at RV_INSERTION_AXIAL_FRACTION of base → apex, where aha.py and the phantoms define it, on the epicardium:
+    at the net's own distance from the axis where there is a net point (the segmented myocardium's hull reaches
+    past the epicardium where the RV wall joins it, by up to 4 mm on the shifted phantom family;
+    BENCHMARKS.md), else on that hull.
 
     Why both: the insertion is a line along the septum's anterior margin, the net's heatmap finds a point on it
     whose angle about the axis is what the AHA map uses; the RV contact measures the same angle from the image's
     first-pass-bright RV. The two err independently (the net where the anatomy is unlike its training, the
     contact where the RV's blood is dim or touches the LV beyond the insertion), so their mean is the better
     estimate unless they lie more than MAX_RV_DISAGREEMENT_DEG apart (then the net's, the contact noted).
-    None when the myocardium gives no LV solid or the axis misses it at that level (the caller keeps the point
-    it had).
+    None when neither gives a direction or the axis misses the LV solid at that level (the caller keeps the
+    point it had).
     """
-    lv = _lv_solid(image_hu, myocardium, geometry)
-    if isinstance(lv, str):
-        return None
     apex, base = np.asarray(apex, float), np.asarray(base, float)
     length = float(np.linalg.norm(apex - base))
     u = (apex - base) / length
-    e1, e2 = _perpendicular_basis(u)
-
-    def about_axis(point: np.ndarray) -> np.ndarray:
-        d = np.asarray(point, float) - base
-        d = d - (d @ u) * u
-        return d / max(float(np.linalg.norm(d)), 1e-9)
-
-    contact, quality, failure, _, _ = _rv_insertion(lv, base, u, e1, e2, 0.0, length)
-    usable = failure is None and quality >= min_quality
-    note = failure or (None if usable else f"RV contact quality {quality:.2f} < {min_quality:.2f}")
-    if net_point is None:
-        if not usable:
-            return None
-        direction, how, angle = about_axis(contact), "contact", float("nan")
-    elif not usable:
-        direction, how, angle = about_axis(net_point), "net", float("nan")
-    else:
-        d_net, d_contact = about_axis(net_point), about_axis(contact)
-        angle = float(np.degrees(np.arccos(np.clip(d_net @ d_contact, -1.0, 1.0))))
-        if angle > MAX_RV_DISAGREEMENT_DEG:
-            direction, how = d_net, "net"
-            note = f"RV contact {angle:.0f}° from the net's insertion (> {MAX_RV_DISAGREEMENT_DEG:.0f}°)"
-        else:
-            direction, how = (d_net + d_contact) / np.linalg.norm(d_net + d_contact), "mean_of_net_and_contact"
     origin = base + RV_INSERTION_AXIAL_FRACTION * length * u
     if np.any(lv.hull.equations[:, :3] @ origin + lv.hull.equations[:, 3] > 1e-6):
         return None  # the axis misses the LV solid at that level: no epicardium to place the point on
-    radius = float(np.linalg.norm(_on_hull(lv.hull, origin, direction) - origin))
-    if net_point is not None:  # the net's own distance from the axis (docstring)
-        offset = np.asarray(net_point, float) - base
-        radius = float(np.linalg.norm(offset - (offset @ u) * u))
-    return RVInsertionOnAxis(origin + radius * direction, how, float(quality if failure is None else 0.0), angle, note)
+
+    def off_axis(point: np.ndarray) -> np.ndarray:
+        d = np.asarray(point, float) - base
+        return d - (d @ u) * u
+
+    def unit(v: np.ndarray) -> np.ndarray:
+        return v / max(float(np.linalg.norm(v)), 1e-9)
+
+    quality, note, usable, angle = 0.0, None, False, float("nan")
+    if min_quality is not None:
+        contact, quality, failure, _, _ = _rv_insertion(lv, base, u, *_perpendicular_basis(u), 0.0, length)
+        quality = float(quality if failure is None else 0.0)
+        usable = failure is None and quality >= min_quality
+        note = failure or (None if usable else f"RV contact quality {quality:.2f} < {min_quality:.2f}")
+    if net_point is None:
+        if not usable:
+            return None
+        return RVInsertionOnAxis(_on_hull(lv.hull, origin, unit(off_axis(contact))), "contact", quality, angle, note)
+    d_net = unit(off_axis(net_point))
+    direction, how = d_net, "net"
+    if usable:
+        d_contact = unit(off_axis(contact))
+        angle = float(np.degrees(np.arccos(np.clip(d_net @ d_contact, -1.0, 1.0))))
+        if angle > MAX_RV_DISAGREEMENT_DEG:
+            note = f"RV contact {angle:.0f}° from the net's insertion (> {MAX_RV_DISAGREEMENT_DEG:.0f}°)"
+        else:
+            direction, how = unit(d_net + d_contact), "mean_of_net_and_contact"
+    radius = float(np.linalg.norm(off_axis(net_point)))  # the net's own distance from the axis (docstring)
+    return RVInsertionOnAxis(origin + radius * direction, how, quality, angle, note)
 
 
 # The myocardium within this many mm of its farthest point from the base: a cap around the epicardial apex.

@@ -110,16 +110,16 @@ class ChosenLandmarks:
 MAX_APEX_DISAGREEMENT_FRACTION = 0.2
 
 
-def settle_apex(chosen: ChosenLandmarks, image: np.ndarray, mask: np.ndarray, geometry,
-                cfg: LandmarkConfig) -> ChosenLandmarks:
-    """The net's apex by `cfg.apex` (config doc) about the chosen base; a fallback's apex is left as it is."""
+def settle_apex(chosen: ChosenLandmarks, lv, cfg: LandmarkConfig) -> ChosenLandmarks:
+    """The net's apex by `cfg.apex` (config doc) about the chosen base; a fallback's apex is left as it is.
+    `lv`: the myocardium's LVSolid (ctp_steps.landmarks.geometric.lv_solid), None when it has none."""
     from ctp_steps.landmarks.geometric import apex_on_axis_of_symmetry
 
     i = chosen.names.index("apex")
-    if cfg.apex == "net" or chosen.methods[i] != "heatmap":
+    if cfg.apex == "net" or chosen.methods[i] != "heatmap" or lv is None:
         return chosen
     lm = dict(zip(chosen.names, chosen.world_mm))
-    axis_apex = apex_on_axis_of_symmetry(image, mask, geometry, lm["base"])
+    axis_apex = apex_on_axis_of_symmetry(lv, lm["base"])
     if axis_apex is None:
         return chosen
     apart = float(np.linalg.norm(axis_apex - lm["apex"]))
@@ -134,24 +134,23 @@ def settle_apex(chosen: ChosenLandmarks, image: np.ndarray, mask: np.ndarray, ge
     return replace(chosen, world_mm=world, methods=tuple(methods), notes={**chosen.notes, "apex": note})
 
 
-def settle_rv_insertion(chosen: ChosenLandmarks, image: np.ndarray, mask: np.ndarray, geometry,
-                        cfg: LandmarkConfig) -> ChosenLandmarks:
-    """The RV insertion by `cfg.rv_insertion` (config doc) about the chosen apex → base axis.
+def settle_rv_insertion(chosen: ChosenLandmarks, lv, cfg: LandmarkConfig) -> ChosenLandmarks:
+    """The RV insertion by `cfg.rv_insertion` (config doc) about the chosen apex → base axis (`lv` as in
+    settle_apex).
 
     A geometric-fallback insertion is already the RV contact about the fallback's own axis: it is only placed
     (about the final axis), never averaged with itself.
     """
     from ctp_steps.landmarks.geometric import rv_insertion_on_axis
 
-    if cfg.rv_insertion == "net":
+    if cfg.rv_insertion == "net" or lv is None:
         return chosen
     i = chosen.names.index("rv_insertion")
     lm = dict(zip(chosen.names, chosen.world_mm))
-    from_net = chosen.methods[i] == "heatmap"
-    combine = cfg.rv_insertion == "net_and_contact_placed" and from_net
-    settled = rv_insertion_on_axis(image, mask, geometry, lm["apex"], lm["base"], lm["rv_insertion"],
-                                   cfg.min_geometric_quality if combine else np.inf)
-    if settled is None:  # no LV solid to place it on: keep the point as found
+    combine = cfg.rv_insertion == "net_and_contact_placed" and chosen.methods[i] == "heatmap"
+    settled = rv_insertion_on_axis(lv, lm["apex"], lm["base"], lm["rv_insertion"],
+                                   cfg.min_geometric_quality if combine else None)
+    if settled is None:  # the axis misses the LV solid: keep the point as found
         return chosen
     world = chosen.world_mm.copy()
     world[i] = settled.world_mm
@@ -164,8 +163,20 @@ def settle_rv_insertion(chosen: ChosenLandmarks, image: np.ndarray, mask: np.nda
         note.update(net_vs_contact_deg=angle if np.isfinite(angle) else None, contact_quality=settled.contact_quality)
         if settled.note:
             note["contact_note"] = settled.note
-    return replace(chosen, world_mm=world, methods=tuple(methods),
-                               notes={**chosen.notes, "rv_insertion": note})
+    return replace(chosen, world_mm=world, methods=tuple(methods), notes={**chosen.notes, "rv_insertion": note})
+
+
+def settle_landmarks(chosen: ChosenLandmarks, image: np.ndarray, mask: np.ndarray, geometry,
+                     cfg: LandmarkConfig) -> ChosenLandmarks:
+    """Apex, then RV insertion about the settled axis, each with its second estimate (config `apex`,
+    `rv_insertion`); the myocardium's LV solid is built once for both."""
+    if cfg.apex == "net" and cfg.rv_insertion == "net":
+        return chosen
+    from ctp_steps.landmarks.geometric import lv_solid
+
+    lv = lv_solid(image, mask, geometry)
+    lv = None if isinstance(lv, str) else lv
+    return settle_rv_insertion(settle_apex(chosen, lv, cfg), lv, cfg)
 
 
 def choose_landmarks(det, image: np.ndarray, mask: np.ndarray, geometry, cfg: LandmarkConfig) -> ChosenLandmarks:
@@ -303,7 +314,7 @@ def run(inputs: Inputs, outputs: Outputs, cfg: LandmarkConfig, ctx: Context) -> 
         diagnostic = partial(exc.diagnostic or _landmark_failure_figure, **seen, detection=det.as_json(),
                              heatmaps=heatmaps, crop=det.crop, min_confidence=cfg.min_confidence)
         raise PatientInputError(f"{average_path.name}: {exc}", diagnostic=diagnostic) from None
-    chosen = settle_rv_insertion(settle_apex(chosen, image, mask, geometry, cfg), image, mask, geometry, cfg)
+    chosen = settle_landmarks(chosen, image, mask, geometry, cfg)
     lm = dict(zip(chosen.names, chosen.world_mm))
     aha = aha_segment_map(mask, geometry, lm["apex"], lm["base"], lm["rv_insertion"], cfg.apex_cap_fraction)
     write_json(outputs.landmarks, chosen.as_json())

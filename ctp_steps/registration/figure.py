@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ctp_steps.registration.crop import LV_BLOOD
-from ctp_steps.registration.qc import dice
+from ctp_steps.registration.qc import dice, lv_dice_checked
 from ctp_steps.types import Geometry
 
 MAX_FRAMES = 6
@@ -86,7 +86,7 @@ def plot_registration(
     aspect = geometry.spacing[1] / geometry.spacing[0]
     ref_lv = lv[reference, z, rows, cols].astype(float)
 
-    contrast = {int(f["frame"]): float(f.get("lv_contrast_sd", np.inf)) for f in per_frame or []}
+    checked = lv_dice_checked(report, min_lv_contrast_sd) if report is not None else [True] * len(frames)
     n_rows = 2 if after else 1
     fig, axes = subplots(n_rows, len(ks), figsize=(2.6 * len(ks) + 0.4, 2.8 * n_rows + 0.9), squeeze=False)
     for c, k in enumerate(ks):
@@ -100,7 +100,7 @@ def plot_registration(
                 ax.contour(ref_lv, levels=[0.5], colors="lime", linewidths=0.8)
             if own_lv[z, rows, cols].any():
                 ax.contour(own_lv[z, rows, cols].astype(float), levels=[0.5], colors="red", linewidths=0.8)
-            unseen = contrast.get(k, np.inf) < min_lv_contrast_sd  # the Dice check does not apply (stage.qc_failure)
+            unseen = k != reference and not checked[k]  # the Dice check does not apply (qc.lv_dice_checked)
             low = when == "after" and min_lv_dice_after is not None and d < min_lv_dice_after and not unseen
             note = f" < {min_lv_dice_after:g}" if low else (" (LV unseen)" if when == "after" and unseen else "")
             ax.set_title(f"frame {k} {when}: Dice {d:.2f}{note}", fontsize=8, color="red" if low else "black")

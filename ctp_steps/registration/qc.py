@@ -55,3 +55,10 @@ def summarise(frames: list[dict], reference: int) -> dict:
         "jacobian_nonpos_frac": float((folding * voxels).sum() / max(voxels.sum(), 1.0)),
         "max_displacement_mm": float(np.max([f["max_displacement_mm"] for f in moving])),
     }
+
+
+def lv_dice_checked(report: dict, min_contrast_sd: float) -> list[bool]:
+    """Per frame: does the LV Dice check apply (a moving frame whose LV boundary is visible; config
+    `registration.min_lv_contrast_sd`)? The reference frame is never checked against itself."""
+    contrast = report["enhancement_curves"]["lv_contrast_sd"]
+    return [k != report["reference_frame"] and contrast[k] >= min_contrast_sd for k in range(len(contrast))]

@@ -146,13 +146,11 @@ def register_arrays(
         if np.any(field):
             registered[k], warped_masks[k] = warp_frame(frames[k], masks[k], field, geometry, device, points)
         t1 = time.perf_counter()
-        per_frame.append({"frame": k, "lv_shift_mm": float(shift[k]),
+        per_frame.append({"frame": k, "lv_shift_mm": float(shift[k]), "lv_contrast_sd": curves["lv_contrast_sd"][k],
                           **qc.frame_qc(fields[k], field_geometry, region, lv_ref, lv[k], warped_masks[k] == LV_BLOOD)})
         qc_seconds += time.perf_counter() - t1
     warp_seconds = time.perf_counter() - t0 - method_seconds - qc_seconds
 
-    for f, c in zip(per_frame, curves["lv_contrast_sd"]):
-        f["lv_contrast_sd"] = c
     summary = qc.summarise(per_frame, reference)
     report = {
         "method": method,
@@ -219,7 +217,7 @@ def qc_failure(report: dict, method: str, cfg: RegistrationConfig) -> str | None
     """Why the registration failed its QC (a frame's LV stays misaligned), or None when it passed."""
     if method == "none":
         return None
-    checked = lv_dice_checked(report, cfg.min_lv_contrast_sd)
+    checked = qc.lv_dice_checked(report, cfg.min_lv_contrast_sd)
     bad = [f for f in report["frames"] if checked[f["frame"]] and f["lv_dice_after"] < cfg.min_lv_dice_after]
     if not bad:
         return None
@@ -229,13 +227,6 @@ def qc_failure(report: dict, method: str, cfg: RegistrationConfig) -> str | None
         f"{report['reference_frame']} after {method} registration is as low as {worst['lv_dice_after']:.2f} "
         f"(frame {worst['frame']}; minimum {cfg.min_lv_dice_after:g})"
     )
-
-
-def lv_dice_checked(report: dict, min_contrast_sd: float) -> list[bool]:
-    """Per frame: does the LV Dice check apply (a moving frame whose LV boundary is visible; config
-    `min_lv_contrast_sd`)? The reference frame is never checked against itself."""
-    contrast = report["enhancement_curves"]["lv_contrast_sd"]
-    return [k != report["reference_frame"] and contrast[k] >= min_contrast_sd for k in range(len(contrast))]
 
 
 def register_with_fallback(
