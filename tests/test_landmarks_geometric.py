@@ -195,6 +195,7 @@ def test_rv_insertion_on_the_net_axis_placed_and_averaged_with_the_contact(cases
         aside = 100.0 * (rv - base - ((rv - base) @ u) * u) / np.linalg.norm(rv - base - ((rv - base) @ u) * u)
         assert rv_insertion_on_axis(lv, apex + aside, base + aside, rv + aside,
                                     0.5) is None  # an axis beside the LV: nothing to place the point on
+        assert rv_insertion_on_axis(lv, base, base, rv, 0.5) is None  # no axis at all
 
 
 def test_apex_on_the_axis_of_symmetry_and_the_stage_mean(cases):

@@ -406,11 +406,13 @@ def rv_insertion_on_axis(
     first-pass-bright RV. The two err independently (the net where the anatomy is unlike its training, the
     contact where the RV's blood is dim or touches the LV beyond the insertion), so their mean is the better
     estimate unless they lie more than MAX_RV_DISAGREEMENT_DEG apart (then the net's, the contact noted).
-    None when neither gives a direction or the axis misses the LV solid at that level (the caller keeps the
-    point it had).
+    None when there is no axis, neither gives a direction, or the axis misses the LV solid at that level (the
+    caller keeps the point it had).
     """
     apex, base = np.asarray(apex, float), np.asarray(base, float)
     length = float(np.linalg.norm(apex - base))
+    if not length > 0:
+        return None  # no axis (apex on the base: only when landmarks.min_long_axis_mm allows it)
     u = (apex - base) / length
     origin = base + RV_INSERTION_AXIAL_FRACTION * length * u
     if np.any(lv.hull.equations[:, :3] @ origin + lv.hull.equations[:, 3] > 1e-6):
