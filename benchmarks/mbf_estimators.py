@@ -45,7 +45,6 @@ def main() -> None:
         inputs = read_inputs(Inputs(frames=folder / file_name("frames"), series=folder / file_name("registered"),
                                     myocardium=folder / file_name("myocardium"), aha=folder / file_name("aha17"),
                                     aif=folder / file_name("aif")))
-        spacing = tuple(float(x) for x in reversed(inputs.geometry.spacing))
         true_segments = None
         if args.truth is not None:
             truth = json.loads((args.truth / folder.parent.name / folder.name / "truth.json").read_text())
@@ -57,7 +56,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 est = estimate_mbf(inputs, cfg, cpu)
                 t1 = time.perf_counter()
-                unc = patient_uncertainty(est, cfg, cpu, cfg.uncertainty, spacing)
+                unc = patient_uncertainty(est, cfg, cpu, cfg.uncertainty)
                 t2 = time.perf_counter()
                 t_est, t_unc = min(t_est, t1 - t0), min(t_unc, t2 - t1)
             rmse = "—"

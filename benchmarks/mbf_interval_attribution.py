@@ -67,8 +67,7 @@ def estimate_rows(inputs, true_segments: np.ndarray, true_global: float, key: di
 
     cfg, cpu = MBFConfig(), torch.device("cpu")
     est = estimate_mbf(inputs, cfg, cpu)
-    spacing = tuple(float(s) for s in reversed(inputs.geometry.spacing))
-    unc = patient_uncertainty(est, cfg, cpu, cfg.uncertainty, spacing)
+    unc = patient_uncertainty(est, cfg, cpu, cfg.uncertainty)
     mbf, rows = est.regularised.mbf, []
     for s, u in sorted(unc.segments.items()):
         if np.isfinite(true_segments[s - 1]):

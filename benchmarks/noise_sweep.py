@@ -50,7 +50,6 @@ FAMILIES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]
     "outside": ((0.45, 0.035, 6.0), None),
     "heterogeneous": ((0.25, 0.1, 1.5), (0.35, 0.06, 3.5)),
 }
-SPACING_ZYX_MM = (3.0, 2.5, 2.5)
 TRUE_GLOBAL_KEY = "mbf_global"
 
 
@@ -105,7 +104,7 @@ def run_patient(noise_hu: float, seed: int, cfg, family: str = "inside") -> dict
     kinetics, ischemic = FAMILIES[family]
     inputs, truth = ring_patient(noise_hu=noise_hu, seed=seed, kinetics=kinetics, ischemic_kinetics=ischemic)
     est = estimate_mbf(inputs, cfg, cpu)
-    unc = patient_uncertainty(est, cfg, cpu, UncertaintyConfig(), SPACING_ZYX_MM)
+    unc = patient_uncertainty(est, cfg, cpu, UncertaintyConfig())
     true_vox = truth[est.mask]
     ids = sorted(unc.segments)
     true_seg = np.array([true_vox[est.segments == s].mean() for s in ids])

@@ -126,7 +126,7 @@ def test_bayesian_intervals_cover_more_of_a_heterogeneous_ring():
         for seed in range(3):
             inputs, truth = ring_patient(8.0, seed, ischemic_kinetics=ISCHEMIC_KINETICS)
             est = estimate_mbf(inputs, cfg, CPU)
-            pu = patient_uncertainty(est, cfg, CPU, UncertaintyConfig(), (3.0, 2.5, 2.5))
+            pu = patient_uncertainty(est, cfg, CPU, UncertaintyConfig())
             t = truth[inputs.myocardium]
             for s, v in pu.segments.items():
                 inside.append(v["mbf_ci_low"] <= t[est.segments == s].mean() <= v["mbf_ci_high"])
@@ -160,5 +160,5 @@ def test_a_patient_without_segment_labels_uses_its_own_kinetics():
     est = estimate_mbf(inputs, cfg, CPU)
     assert est.pooled is not None and est.pooled.segment_ids.size == 0
     assert est.pooled.of(0) == est.shared and np.isfinite(est.regularised.mbf).all()
-    pu = patient_uncertainty(est, cfg, CPU, UncertaintyConfig(), (3.0, 2.5, 2.5))
+    pu = patient_uncertainty(est, cfg, CPU, UncertaintyConfig())
     assert pu.segments == {} and pu.record["mbf_global_se"] > 0 and np.isfinite(pu.voxel_se).all()

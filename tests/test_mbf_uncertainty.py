@@ -19,7 +19,6 @@ from ctp_steps.mbf.uncertainty import (
     flow_slope,
     is_reliable,
     numerical_jacobian,
-    deep_voxels,
     parameter_covariance,
     patient_uncertainty,
     region_selections,
@@ -154,20 +153,12 @@ def test_reliability_rule_is_the_configured_half_width():
         UncertaintyConfig(reliable_max_ci_half_width_pct=0.0)
 
 
-def test_regions_are_global_territories_and_segments_and_deep_voxels_follow_the_depth_rule():
+def test_regions_are_global_territories_and_segments():
     segments = np.array([1, 1, 3, 5, 0, 17])  # LAD, LAD, RCA, LCX, none, LAD
     names, sel = region_selections(segments)
     assert names == ["global", "lad", "rca", "lcx", "1", "3", "5", "17"]
     assert sel[0].all() and sel[1].tolist() == [True, True, False, False, False, True]
     assert sel[names.index("17")].tolist() == [False] * 5 + [True]
-    thick = np.zeros((9, 9, 9), dtype=bool)
-    thick[1:8, 1:8, 1:8] = True
-    deep = deep_voxels(thick, (1.0, 1.0, 1.0), 3.0)
-    expected = np.zeros_like(thick)
-    expected[3:6, 3:6, 3:6] = True
-    np.testing.assert_array_equal(deep, expected[thick])
-    # thinner than the depth: the deepest voxels
-    assert deep_voxels(thick, (1.0, 1.0, 1.0), 10.0).sum() == 1
 
 
 def test_patient_uncertainty_on_the_ring():
@@ -183,7 +174,7 @@ def test_patient_uncertainty_on_the_ring():
     for noise in (4.0, 12.0):
         inputs, _ = ring_patient(noise_hu=noise)
         est = estimate_mbf(inputs, cfg, CPU)
-        out[noise] = (est, patient_uncertainty(est, cfg, CPU, UncertaintyConfig(), (3.0, 2.5, 2.5)))
+        out[noise] = (est, patient_uncertainty(est, cfg, CPU, UncertaintyConfig()))
     est, pu = out[12.0]
     r = pu.record
     assert set(r) == {f"mbf_{g}_{k}" for g in ("global", "lad", "rca", "lcx") for k in ("se", "ci_low", "ci_high")} | {
@@ -200,8 +191,8 @@ def test_patient_uncertainty_on_the_ring():
                               shared=est.shared, device=CPU)
     assert np.median(pu.voxel_se) > np.median(without.mbf_se(est.regularised.mbf, RC))
     assert r["mbf_reliable"] is True
-    assert patient_uncertainty(est, cfg, CPU, UncertaintyConfig(reliable_max_ci_half_width_pct=1.0),
-                               (3.0, 2.5, 2.5)).record["mbf_reliable"] is False
+    assert patient_uncertainty(est, cfg, CPU, UncertaintyConfig(reliable_max_ci_half_width_pct=1.0)
+                               ).record["mbf_reliable"] is False
 
 
 def test_mbf_uncertainty_container():

@@ -21,7 +21,12 @@ from ctp_steps.mbf.bayes import PooledKinetics, fit_by_segment, pooled_kinetics
 from ctp_steps.mbf.config import MBFConfig, Method
 from ctp_steps.mbf.extraction import extraction_model
 from ctp_steps.mbf.fit import FitResult, SharedKinetics, fit_curves
-from ctp_steps.mbf.regularise import Neighbourhood, bilateral_average
+from ctp_steps.mbf.regularise import (
+    Neighbourhood,
+    bilateral_average,
+    peak_enhancement_blocks,
+    sources_away_from_blood,
+)
 from ctp_steps.mbf.tac import ArterialInput, arterial_input, segment_mean_curves, tissue_enhancement
 from ctp_steps.types import Geometry, PatientInputError
 
@@ -52,6 +57,7 @@ class MBFEstimate:
     segment_ids: np.ndarray  # (S,)
     segment_curves: np.ndarray  # (S, T) mean enhancement per segment
     segment_fit: FitResult  # fit of the segment mean curves, same model as the regularised map
+    sources: np.ndarray | None  # (V,) whether each voxel's working voxel is a source of the averages (None: unregularised)
     working_spacing_mm: tuple[float, float, float]  # (z, y, x) grid the curves were fitted on
     n_offsets: int  # neighbours per voxel of the regularisation (0 when off)
 
@@ -111,7 +117,7 @@ def estimate_mbf(
 
     reg = cfg.regularisation
     raw = fit(work_curves)
-    shared, pooled = None, None
+    shared, pooled, sources = None, None, None
     regularised = raw
     n_offsets = 0
 
@@ -122,7 +128,11 @@ def estimate_mbf(
     if reg.enabled:
         hood = Neighbourhood.build(grid.mask, grid.spacing_mm, reg.radius_mm, device, reg.min_offset_spacing_mm)
         n_offsets = hood.n_offsets
-        sources = hood.deep(reg.min_depth_mm)
+        sources = (
+            blood_free_sources(inputs.series_hu, box, grid, aif, reg.min_depth_mm, reg.blood_enhancement_fraction)
+            if reg.sources == "away_from_blood"
+            else hood.deep(reg.min_depth_mm)
+        )
         if method == "one_compartment" and reg.shared_kinetics and cfg.estimator == "bayesian":
             pooled = pooled_kinetics(
                 work_curves[sources], grid.segments[sources], work_curves, grid.segments, aif, cfg.priors,
@@ -148,6 +158,7 @@ def estimate_mbf(
         segment_ids=segment_ids,
         segment_curves=segment_curves,
         segment_fit=fit_kinetics(segment_curves, segment_ids),
+        sources=None if sources is None else grid.to_native_values(sources),
         working_spacing_mm=grid.spacing_mm,
         n_offsets=n_offsets,
     )
@@ -238,11 +249,30 @@ class WorkingGrid:
         sums = np.stack([np.bincount(self.block[inside], weights=c, minlength=n) for c in curves[inside].T], axis=1)
         return sums / count[:, None]
 
+    def to_native_values(self, values: np.ndarray) -> np.ndarray:
+        """Per working voxel (W,) → per native voxel (V,): its block's, or the nearest block's."""
+        return values if self.nearest is None else values[self.nearest]
+
     def to_native(self, result: FitResult) -> FitResult:
         """Working-grid fit → one value per native voxel (its block's, or the nearest block's)."""
         if self.nearest is None:
             return result
         return result.take(self.nearest)
+
+
+def blood_free_sources(
+    series_tzyx: np.ndarray, box: tuple[slice, slice, slice], grid: WorkingGrid, aif: ArterialInput,
+    min_depth_mm: float, blood_fraction: float,
+) -> np.ndarray:
+    """(W,) sources of `sources: away_from_blood` on the working grid (`regularise.sources_away_from_blood`).
+
+    Blood: working blocks, in or around the mask, whose mean peak enhancement reaches `blood_fraction` of the
+    AIF's peak enhancement, looked for as far out as `min_depth_mm` reaches (plus one block).
+    """
+    margin = int(np.ceil(min_depth_mm / min(grid.spacing_mm))) + 1
+    peak = peak_enhancement_blocks(series_tzyx, box, grid.factors, aif.n_baseline, margin)
+    blood = peak >= blood_fraction * aif.peak_hu
+    return sources_away_from_blood(np.pad(grid.mask, margin), blood, grid.spacing_mm, min_depth_mm)
 
 
 def shared_kinetics(curves: np.ndarray, fit) -> SharedKinetics:

@@ -7,13 +7,14 @@ weighted mean of the curves of myocardium voxels within `radius_mm`:
 
     weight = source(u) x Gaussian(distance) x [same AHA segment] x Gaussian(guide(v) - guide(u))
 
-- source: curves of deep voxels (at least `min_depth_mm` from the mask
-  boundary) count fully; the others, whose curves carry blood-pool or
-  epicardial-fat partial volume (measured on the phantom: K1 biased by -30 to
-  -100 % on the border; blood leaking one voxel further in through the PSF and
-  registration's interpolation moves the fitted delay by up to -0.5 s) count
-  1e-3, i.e. only where no deep voxel is in reach. Border voxels thus get the
-  curves of their deep neighbours.
+- source: curves of source voxels count fully; the others, whose curves carry
+  blood-pool or epicardial-fat partial volume (measured on the phantom: K1
+  biased by -30 to -100 % on the border; blood leaking one voxel further in
+  through the PSF and registration's interpolation moves the fitted delay by up
+  to -0.5 s) count 1e-3, i.e. only where no source is in reach. Sources are the
+  voxels at least `min_depth_mm` from bright blood and off the boundary layer
+  facing fat or lung (`sources_away_from_blood`), or, with `sources: depth`,
+  at least `min_depth_mm` from any mask boundary (`Neighbourhood.deep`).
 - guide: the previous pass's MBF map (joint bilateral filter); the first pass
   has none. Neighbours across an ischemic border get almost no weight.
 
@@ -86,6 +87,60 @@ class Neighbourhood:
     def deep(self, min_depth_mm: float) -> np.ndarray:
         """Voxels at least `min_depth_mm` inside the mask (the deepest ones where the wall is thinner)."""
         return self.depth_mm >= min(min_depth_mm, float(self.depth_mm.max()))
+
+
+def peak_enhancement_blocks(
+    series_tzyx: np.ndarray, box: tuple[slice, slice, slice], factors: tuple[int, int, int], n_baseline: int,
+    margin_blocks: int,
+) -> np.ndarray:
+    """Mean peak enhancement (HU) of each working block around the mask's box, `margin_blocks` blocks beyond it.
+
+    Blocks tile from the box's first voxel as the working grid's do, so index (i, j, k) here is working
+    block (i - m, j - m, k - m). Peak enhancement of a voxel: the largest frame minus the mean of the first
+    `n_baseline` frames (the AIF's rule; 0: the frames are enhancement already). Parts outside the volume
+    read 0 (no enhancement). The running maximum keeps one frame of the region in memory at a time.
+    """
+    f = np.asarray(factors)
+    lo = np.array([b.start for b in box]) - margin_blocks * f
+    n_blocks = -(-(np.array([b.stop for b in box]) - lo + margin_blocks * f) // f)
+    hi = lo + n_blocks * f
+    shape = np.asarray(series_tzyx.shape[1:])
+    inner_lo, inner_hi = np.maximum(lo, 0), np.minimum(hi, shape)
+    region = tuple(slice(int(a), int(b)) for a, b in zip(inner_lo, inner_hi))
+    baseline = (
+        series_tzyx[(slice(0, n_baseline), *region)].astype(np.float32).mean(axis=0) if n_baseline > 0 else 0.0
+    )
+    peak = np.full(tuple(inner_hi - inner_lo), -np.inf, dtype=np.float32)
+    for frame in series_tzyx:
+        np.maximum(peak, frame[region].astype(np.float32) - baseline, out=peak)
+    full = np.zeros(tuple(hi - lo), dtype=np.float32)
+    full[tuple(slice(int(a), int(b)) for a, b in zip(inner_lo - lo, inner_hi - lo))] = peak
+    n = n_blocks
+    return full.reshape(n[0], f[0], n[1], f[1], n[2], f[2]).mean(axis=(1, 3, 5))
+
+
+def sources_away_from_blood(
+    mask: np.ndarray, blood: np.ndarray, spacing_zyx_mm: tuple[float, float, float], min_depth_mm: float
+) -> np.ndarray:
+    """(V,) bool, C order of `mask`: voxels >= `min_depth_mm` from blood and off the boundary layer facing the rest.
+
+    `mask` and `blood` are one lattice (`blood` may include mask voxels: those are never sources). The
+    boundary layer: voxels within one voxel step (the largest spacing) of a voxel that is neither mask nor
+    blood; beyond the lattice counts as such. Where no voxel qualifies, the ones farthest from both are kept
+    (as `Neighbourhood.deep` keeps the deepest), so a thin wall still has sources.
+    """
+    def distance_to(target: np.ndarray) -> np.ndarray:
+        padded = np.pad(~target, 1, constant_values=False)
+        return ndimage.distance_transform_edt(padded, sampling=spacing_zyx_mm)[1:-1, 1:-1, 1:-1][mask]
+
+    to_blood = distance_to(blood) if blood.any() else np.full(int(mask.sum()), np.inf)
+    to_rest = distance_to(~mask & ~blood)
+    in_blood = blood[mask]
+    sources = (to_blood >= min_depth_mm) & (to_rest > max(spacing_zyx_mm)) & ~in_blood
+    if sources.any():
+        return sources
+    clearance = np.where(in_blood, -1.0, np.minimum(to_blood, to_rest))
+    return clearance >= clearance.max()
 
 
 def offset_steps(spacing_zyx_mm: tuple[float, float, float], min_offset_spacing_mm: float) -> tuple[int, int, int]:

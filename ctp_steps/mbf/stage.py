@@ -204,8 +204,7 @@ def run(inputs: Inputs, outputs: Outputs, cfg: MBFConfig, ctx: Context) -> dict:
         write_volume(outputs.blood_volume, est.volume(est.raw.params["vb"]), data.geometry)
     unc = None
     if outputs.mbf_se is not None:
-        spacing = tuple(float(x) for x in reversed(data.geometry.spacing))
-        unc = patient_uncertainty(est, cfg, ctx.device, cfg.uncertainty, spacing)
+        unc = patient_uncertainty(est, cfg, ctx.device, cfg.uncertainty)
         write_volume(outputs.mbf_se, est.volume(unc.voxel_se), data.geometry)
     tac = tac_table(est)
     write_parquet(outputs.tac, tac)

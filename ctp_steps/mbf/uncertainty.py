@@ -7,7 +7,7 @@ Per fitted curve (voxel, segment mean, region mean), at the fitted parameters:
   fitters' `model` in fit.py), batched over curves on the given device.
 - Noise variance sigma^2 = SSE / (T - p) of that curve's own fit. Per curve,
   not pooled per patient: curves differ in how much averaging they carry (a
-  regularised voxel's curve is a weighted mean of a varying number of deep
+  regularised voxel's curve is a weighted mean of a varying number of source
   neighbours, a segment's mean curve one of tens to thousands of voxels), so
   each curve's residuals are the noise level of *its* fit. Averaging correlated
   neighbours is then accounted for by construction: the residual variance is
@@ -21,7 +21,7 @@ Per fitted curve (voxel, segment mean, region mean), at the fitted parameters:
   known, fit.py), and the K1 diagonal of J'J alone would hide that. With shared
   kinetics (`SharedKinetics`: delay, ve = K1/k2, vb fixed per patient) K1 is
   the only free parameter; the error of the patient-level kinetics themselves
-  (fitted once on the mean of all deep curves) is common to every voxel and is
+  (fitted once on the mean of all source curves) is common to every voxel and is
   not included.
 - Delta method to MBF: MBF = F(6000 K1) with F the Renkin-Crone inverse used by
   fit.py (`RenkinCrone.flow`), dMBF/dK1 = 1 / (dk1/dF) at the reported MBF.
@@ -43,7 +43,7 @@ voxel SEs / sqrt(n) nor the SD of the map is the precision of a region mean;
 with shared kinetics the fit is linear in K1, so the mean of the voxel K1 of
 a region is the K1 of the region's mean curve, and that curve's residuals
 carry its actual noise, spatial correlation included. Caveat: the regularised
-map draws mostly on deep voxels (and, by default, neighbours across segment
+map draws mostly on its source voxels (and, by default, neighbours across segment
 borders), so its effective sources differ somewhat from the region's voxels.
 """
 
@@ -311,17 +311,6 @@ def region_selections(segments: np.ndarray) -> tuple[list[str], list[np.ndarray]
     return names, sel
 
 
-def deep_voxels(mask_zyx: np.ndarray, spacing_zyx_mm: tuple[float, float, float], min_depth_mm: float) -> np.ndarray:
-    """(V,) bool: mask voxels at least `min_depth_mm` inside (the deepest where the wall is thinner), C order.
-
-    The same rule as the regularisation's sources (`Neighbourhood.deep`), on the given grid.
-    """
-    from scipy import ndimage
-
-    depth = ndimage.distance_transform_edt(np.pad(mask_zyx, 1), sampling=spacing_zyx_mm)[1:-1, 1:-1, 1:-1][mask_zyx]
-    return depth >= min(min_depth_mm, float(depth.max()))
-
-
 def region_fit(
     curves: np.ndarray, aif: ArterialInput, method: Method, cfg: MBFConfig, shared: SharedKinetics | None,
     device: torch.device,
@@ -409,17 +398,15 @@ def _bayesian_uncertainty(est, cfg: MBFConfig, device: torch.device, names: list
     return voxel_se, summary(means, unc, rc, cfg.max_mbf)
 
 
-def patient_uncertainty(
-    est, cfg: MBFConfig, device: torch.device, rule: UncertaintyConfig, spacing_zyx_mm: tuple[float, float, float]
-) -> PatientUncertainty:
+def patient_uncertainty(est, cfg: MBFConfig, device: torch.device, rule: UncertaintyConfig) -> PatientUncertainty:
     """SE and intervals of the regularised map, of each segment's, territory's and the global mean, and the flag.
 
-    `est` is an `MBFEstimate`, `spacing_zyx_mm` its mask's voxel size. Reported
+    `est` is an `MBFEstimate`. Reported
     values are the stage's (means of the regularised map). A region's SE is
     that of the fit of the mean curve of the voxels its regularised values are
-    made of: with regularisation, its deep voxels (the averages' sources, the
-    same depth rule; all its voxels where none is deep), else all its voxels.
-    Averaging only the region's deep voxels ignores the sources the kernel
+    made of: with regularisation, its source voxels (`est.sources`; all its
+    voxels where it has none), else all its voxels.
+    Averaging only the region's sources ignores the sources the kernel
     reaches across the region's border (with `same_segment` off), so it errs
     on the large side; averaging all its voxels instead understated the SD of
     the regularised means over noise realisations by up to 2x (12 noise
@@ -429,9 +416,8 @@ def patient_uncertainty(
     """
     rc = renkin_crone_of(cfg, est.method)
     names, selections = region_selections(est.segments)
-    if cfg.regularisation.enabled:
-        deep = deep_voxels(est.mask, spacing_zyx_mm, cfg.regularisation.min_depth_mm)
-        selections = [s & deep if (s & deep).any() else s for s in selections]
+    if est.sources is not None:
+        selections = [s & est.sources if (s & est.sources).any() else s for s in selections]
     curves = np.stack([est.curves[s].mean(axis=0) for s in selections])
     mbf = est.regularised.mbf
     means = np.array([mbf[sel].mean() for sel in region_selections(est.segments)[1]])

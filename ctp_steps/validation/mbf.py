@@ -227,8 +227,7 @@ def other_estimator_rows(inputs, cfg, other: str, device, true_segments: np.ndar
     alt = cfg.model_copy(update={"estimator": other})
     est = estimate_mbf(inputs, alt, device)
     target = f"one_compartment_{other}"
-    spacing = tuple(float(x) for x in reversed(inputs.geometry.spacing))
-    unc = patient_uncertainty(est, alt, device, alt.uncertainty, spacing)
+    unc = patient_uncertainty(est, alt, device, alt.uncertainty)
     record = unc.record | {"mbf_global": float(est.regularised.mbf.mean())}
     rows = [
         (metric, target if t == "one_compartment" else f"{t}_{other}", value)

@@ -1,0 +1,92 @@
+"""Which voxels feed the regularised map: away from bright blood, off the boundary layer facing fat or lung."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ctp_steps.mbf.config import MBFConfig
+from ctp_steps.mbf.estimate import PerfusionInputs, estimate_mbf
+from ctp_steps.mbf.regularise import peak_enhancement_blocks, sources_away_from_blood
+from test_mbf import TIMES, aif_hu, ring_patient
+
+CPU = torch.device("cpu")
+
+
+def slab(nx: int = 14) -> tuple[np.ndarray, np.ndarray]:
+    """A wall along x on 1 mm voxels: blood at x 0-1, myocardium x 2-9, fat beyond, 5 x 5 in y and z."""
+    mask = np.zeros((5, 5, nx), dtype=bool)
+    blood = np.zeros_like(mask)
+    blood[:, :, :2] = True
+    mask[:, :, 2:10] = True
+    return mask, blood
+
+
+def test_sources_keep_min_depth_from_blood_and_leave_the_outer_boundary_layer():
+    mask, blood = slab()
+    # widen y and z so the centre line is far from the lattice's own edge
+    mask, blood = (np.pad(a, ((4, 4), (4, 4), (0, 0)), mode="edge") for a in (mask, blood))
+    src = np.zeros(mask.shape, dtype=bool)
+    src[mask] = sources_away_from_blood(mask, blood, (1.0, 1.0, 1.0), min_depth_mm=3.0)
+    centre = src[6, 6]
+    # x 2-3 are within 3 mm of the blood (x = 1), x 9 touches the fat (x = 10): sources x 4-8
+    assert np.flatnonzero(centre).tolist() == [4, 5, 6, 7, 8]
+    # the lattice's edge counts as "the rest": its boundary layer is no source either
+    assert not src[0].any() and not src[:, 0].any()
+
+
+def test_bright_voxels_inside_the_mask_are_never_sources_and_push_sources_away():
+    mask, blood = (np.pad(a, ((4, 4), (4, 4), (0, 0)), mode="edge") for a in slab())
+    blood[:, :, 4] = True  # a mis-segmented bright layer inside the wall
+    src = np.zeros(mask.shape, dtype=bool)
+    src[mask] = sources_away_from_blood(mask, blood, (1.0, 1.0, 1.0), min_depth_mm=3.0)
+    assert np.flatnonzero(src[6, 6]).tolist() == [7, 8]
+
+
+def test_a_wall_too_thin_for_the_rule_keeps_its_clearest_voxels():
+    mask, blood = slab(nx=8)
+    mask[:, :, 6:] = False  # myocardium x 2-5 only
+    sources = sources_away_from_blood(mask, blood, (1.0, 1.0, 1.0), min_depth_mm=3.0)
+    assert sources.any()
+    depth_from_blood = (np.argwhere(mask)[:, 2] - 1).astype(float)
+    assert depth_from_blood[sources].min() >= 2.0  # not the layer touching the blood
+
+
+def test_peak_enhancement_blocks_average_blocks_around_the_box_and_read_zero_outside_the_volume():
+    series = np.zeros((3, 6, 8, 8), dtype=np.float32)
+    series[:, :, :, :] = 40.0  # baseline
+    series[1, 2:4, 4:6, 4:6] += 300.0  # a bright 2x2x2 block at its peak in frame 1
+    series[2, 2:4, 4:6, 4:6] += 100.0
+    box = (slice(2, 4), slice(2, 4), slice(2, 4))
+    peak = peak_enhancement_blocks(series, box, (2, 2, 2), n_baseline=1, margin_blocks=1)
+    # box of 1 block + 1 block each side: 3 blocks per axis, starting at voxel 0
+    assert peak.shape == (3, 3, 3)
+    assert peak[1, 2, 2] == 300.0 and peak[1, 1, 1] == 0.0
+    # two blocks of margin reach beyond the volume's start (voxel -2): read as no enhancement
+    far = peak_enhancement_blocks(series, box, (2, 2, 2), n_baseline=1, margin_blocks=2)
+    assert far.shape == (5, 5, 5) and far[0].max() == 0.0 and far[2, 3, 3] == 300.0
+
+
+def test_estimate_reports_its_sources_and_they_avoid_an_enhancing_cavity():
+    inputs, _ = ring_patient(noise_hu=0.0)
+    series = inputs.series_hu.copy()
+    ny, nx = series.shape[2:]
+    yy, xx = np.meshgrid(np.arange(ny) - 12.5, np.arange(nx) - 12.5, indexing="ij")
+    cavity = np.hypot(yy, xx) < 6.0
+    series[:, :, cavity] += (aif_hu() - aif_hu()[0])[:, None, None]  # the LV blood enhances like the AIF
+    cfg = MBFConfig(regularisation={"radius_mm": 8.0, "spatial_sigma_mm": 5.0})
+    plain = estimate_mbf(inputs, cfg, CPU)
+    bright = estimate_mbf(PerfusionInputs(series, inputs.geometry, TIMES, inputs.aif_hu, inputs.myocardium,
+                                          inputs.aha17), cfg, CPU)
+    radius = np.hypot(*np.meshgrid(np.arange(ny) - 12.5, np.arange(nx) - 12.5, indexing="ij"))
+    r = np.broadcast_to(radius, inputs.myocardium.shape)[inputs.myocardium]
+    assert plain.sources is not None and bright.sources is not None
+    # both keep the boundary layers out; only the enhancing cavity pushes the sources 4 mm away from it
+    assert plain.sources.any() and bright.sources.any()
+    assert r[bright.sources].min() > r[plain.sources].min()
+    depth = estimate_mbf(inputs, cfg.model_copy(update={"regularisation": cfg.regularisation.model_copy(
+        update={"sources": "depth"})}), CPU)
+    assert depth.sources.any()
+    unregularised = estimate_mbf(inputs, cfg.model_copy(update={"regularisation": cfg.regularisation.model_copy(
+        update={"enabled": False})}), CPU)
+    assert unregularised.sources is None
