@@ -127,8 +127,11 @@ def sources_away_from_blood(
     `mask` and `blood` are one lattice (`blood` may include mask voxels: those are never sources). The
     boundary layer: voxels within one voxel step (the largest spacing) of a voxel that is neither mask nor
     blood; beyond the lattice counts as such. Where no voxel qualifies, the ones farthest from both are kept
-    (as `Neighbourhood.deep` keeps the deepest), so a thin wall still has sources.
+    (as `Neighbourhood.deep` keeps the deepest), so a thin wall still has sources. `min_depth_mm` 0: every
+    voxel, as with the depth rule.
     """
+    if min_depth_mm <= 0:
+        return np.ones(int(mask.sum()), dtype=bool)
     def distance_to(target: np.ndarray) -> np.ndarray:
         padded = np.pad(~target, 1, constant_values=False)
         return ndimage.distance_transform_edt(padded, sampling=spacing_zyx_mm)[1:-1, 1:-1, 1:-1][mask]
