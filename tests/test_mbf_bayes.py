@@ -21,9 +21,7 @@ from test_mbf import aif_hu, ring_patient, run_cli, tissue_curves, write_patient
 CPU = torch.device("cpu")
 THETA = [0.02, 0.08, 0.1, 1.3]  # K1 (1/s) = 120 mL/100mL/min, k2, vb, delay: ve 0.25
 PRIOR_MEAN, PRIOR_SD = (np.array(v) for v in KineticsPriors().population())
-# The ring has no blood around it: its 4 slices are sized for the depth rule (sources >= 4 mm from every
-# boundary); tests/test_mbf_sources.py covers the default `away_from_blood` rule.
-RING_REG = {"radius_mm": 8.0, "spatial_sigma_mm": 5.0, "sources": "depth"}
+RING_REG = {"radius_mm": 8.0, "spatial_sigma_mm": 5.0}
 # a scarred, under-recruited, delayed LAD bed (ve, vb, delay) beside a normal remote myocardium
 ISCHEMIC_KINETICS = (0.35, 0.06, 3.5)
 

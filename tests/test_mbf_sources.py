@@ -67,26 +67,44 @@ def test_peak_enhancement_blocks_average_blocks_around_the_box_and_read_zero_out
     assert far.shape == (5, 5, 5) and far[0].max() == 0.0 and far[2, 3, 3] == 300.0
 
 
-def test_estimate_reports_its_sources_and_they_avoid_an_enhancing_cavity():
-    inputs, _ = ring_patient(noise_hu=0.0)
+def with_blood(inputs: PerfusionInputs, where: np.ndarray) -> PerfusionInputs:
+    """The ring with the voxels `where` (z, y, x) enhancing like the AIF: blood."""
     series = inputs.series_hu.copy()
-    ny, nx = series.shape[2:]
+    series[:, where] = 40.0 + (aif_hu() - aif_hu()[0])[:, None]
+    return PerfusionInputs(series, inputs.geometry, TIMES, inputs.aif_hu, inputs.myocardium, inputs.aha17)
+
+
+def estimate(inputs: PerfusionInputs, rule: str | None = None, **reg):
+    cfg = MBFConfig(regularisation={"radius_mm": 8.0, "spatial_sigma_mm": 5.0} | reg)
+    if rule is not None:
+        cfg = cfg.model_copy(update={"regularisation": cfg.regularisation.model_copy(update={"sources": rule})})
+    return estimate_mbf(inputs, cfg, CPU)
+
+
+def test_blood_left_inside_the_mask_feeds_no_source_under_the_default_rule():
+    assert MBFConfig().regularisation.sources == "depth_and_blood"
+    inputs, _ = ring_patient(noise_hu=0.0)
+    nz, ny, nx = inputs.myocardium.shape
     yy, xx = np.meshgrid(np.arange(ny) - 12.5, np.arange(nx) - 12.5, indexing="ij")
-    cavity = np.hypot(yy, xx) < 6.0
-    series[:, :, cavity] += (aif_hu() - aif_hu()[0])[:, None, None]  # the LV blood enhances like the AIF
-    cfg = MBFConfig(regularisation={"radius_mm": 8.0, "spatial_sigma_mm": 5.0})
-    plain = estimate_mbf(inputs, cfg, CPU)
-    bright = estimate_mbf(PerfusionInputs(series, inputs.geometry, TIMES, inputs.aif_hu, inputs.myocardium,
-                                          inputs.aha17), cfg, CPU)
-    radius = np.hypot(*np.meshgrid(np.arange(ny) - 12.5, np.arange(nx) - 12.5, indexing="ij"))
-    r = np.broadcast_to(radius, inputs.myocardium.shape)[inputs.myocardium]
-    assert plain.sources is not None and bright.sources is not None
-    # both keep the boundary layers out; only the enhancing cavity pushes the sources 4 mm away from it
-    assert plain.sources.any() and bright.sources.any()
-    assert r[bright.sources].min() > r[plain.sources].min()
-    depth = estimate_mbf(inputs, cfg.model_copy(update={"regularisation": cfg.regularisation.model_copy(
-        update={"sources": "depth"})}), CPU)
-    assert depth.sources.any()
-    unregularised = estimate_mbf(inputs, cfg.model_copy(update={"regularisation": cfg.regularisation.model_copy(
-        update={"enabled": False})}), CPU)
-    assert unregularised.sources is None
+    radius = np.broadcast_to(np.hypot(yy, xx), (nz, ny, nx))
+    r = radius[inputs.myocardium]
+    # enhancing cavity only, outside the mask: the default rule keeps the depth rule's sources
+    cavity = with_blood(inputs, radius < 6.0)
+    depth = estimate(cavity, "depth")
+    np.testing.assert_array_equal(estimate(cavity).sources, depth.sources)
+    # the segmentation took in the cavity's first 1.5 voxels: those are blood, and sources keep 4 mm from them
+    spilled = with_blood(inputs, radius < 7.5)
+    inside = estimate(spilled)
+    assert inside.sources.any() and r[inside.sources].min() > r[depth.sources].min()
+    assert not inside.sources[r < 7.5].any()
+    # the depth rule does not see it: its sources are the same as without the spill
+    np.testing.assert_array_equal(estimate(spilled, "depth").sources, depth.sources)
+    # away_from_blood keeps the layer behind the outer boundary layer as well
+    away = estimate(cavity, "away_from_blood")
+    assert away.sources.sum() > depth.sources.sum() and r[away.sources].max() >= r[depth.sources].max()
+
+
+def test_every_voxel_at_min_depth_0_and_no_sources_without_regularisation():
+    inputs, _ = ring_patient(noise_hu=0.0)
+    assert estimate(inputs, min_depth_mm=0.0).sources.all()
+    assert estimate(inputs, enabled=False).sources is None

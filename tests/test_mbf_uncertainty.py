@@ -169,9 +169,7 @@ def test_patient_uncertainty_on_the_ring():
     from ctp_steps.mbf.estimate import estimate_mbf
 
     # the least-squares estimator's SE model (shared kinetics + their covariance); bayesian: test_mbf_bayes.py
-    # the depth rule the SE ranges below were sized on (the ring has no blood: tests/test_mbf_sources.py)
-    cfg = MBFConfig(regularisation={"radius_mm": 8.0, "spatial_sigma_mm": 5.0, "sources": "depth"},
-                    estimator="least_squares")
+    cfg = MBFConfig(regularisation={"radius_mm": 8.0, "spatial_sigma_mm": 5.0}, estimator="least_squares")
     out = {}
     for noise in (4.0, 12.0):
         inputs, _ = ring_patient(noise_hu=noise)

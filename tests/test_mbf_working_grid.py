@@ -91,7 +91,7 @@ def test_fine_grid_copy_gives_the_coarse_segment_mbf_with_bounded_offsets(min_de
     depth is measured between voxel centres, so on this 12 mm thick, 4-slice ring the fine grid's deep set
     differs (1.5 mm slices, not 3): segments move by up to ~3 %, the mean by ~1.5 %.
     """
-    reg = RING_REG | {"min_depth_mm": min_depth_mm, "sources": "depth"}  # the rule the docstring measures
+    reg = RING_REG | {"min_depth_mm": min_depth_mm}
     coarse_inputs, _ = ring_patient(noise_hu=12.0, seed=2)
     coarse = estimate_mbf(coarse_inputs, MBFConfig(regularisation=reg), CPU)
     fine_inputs = refined(coarse_inputs)  # 1.5 x 1.25 x 1.25 mm

@@ -50,23 +50,22 @@ class RegularisationConfig(BaseModel):
         "averages and of the shared kinetics (the deepest voxels where the wall is thinner); nearer the "
         "boundary, blood-pool and fat partial volume and residual misregistration bias the curves. 0: every voxel.",
     )
-    sources: Literal["away_from_blood", "depth"] = Field(
-        "away_from_blood",
-        description="Which voxels' curves are the sources. `away_from_blood`: at least min_depth_mm from "
-        "bright blood (voxels, in or out of the mask, whose peak enhancement reaches "
-        "blood_enhancement_fraction of the AIF's: LV, RV, aorta, atria) and not in the mask's boundary layer "
-        "facing anything else (fat, lung: a working voxel with a face neighbour there). Blood, +300-500 HU "
-        "against the wall's +30-60, is the partial volume that biases curves by tens of %; fat lowers a "
-        "boundary voxel's enhancement by its fraction only. `depth`: at least min_depth_mm from any mask "
-        "boundary (the earlier rule); in a thick wall whose ischemia reaches mid-wall it leaves the normal "
-        "outer layer no sources of its own and the map flattens the transmural gradient (BENCHMARKS.md, "
-        "'Where the pipeline's intervals miss').",
+    sources: Literal["depth", "depth_and_blood", "away_from_blood"] = Field(
+        "depth_and_blood",
+        description="Which voxels' curves are the sources. `depth`: at least min_depth_mm from any mask "
+        "boundary. `depth_and_blood`: also at least min_depth_mm from bright blood (voxels, in or out of the "
+        "mask, whose peak enhancement reaches blood_enhancement_fraction of the AIF's: LV, RV, aorta), so "
+        "blood the segmentation left inside the mask contaminates no source. `away_from_blood`: at least "
+        "min_depth_mm from bright blood but only off the boundary layer facing anything else (fat, lung): it "
+        "keeps a thick wall's outer layer as sources, so the map follows a transmural gradient, but takes in "
+        "whatever the mask's outer edge holds. Blood, +300-500 HU against the wall's +30-60, is the partial "
+        "volume that biases curves by tens of %. The three compared: BENCHMARKS.md, 'Regularisation sources'.",
     )
     blood_enhancement_fraction: float = Field(
         0.5,
         gt=0,
         lt=1,
-        description="`away_from_blood`: a working voxel is blood where its mean peak enhancement is at least "
+        description="Blood-aware `sources`: a working voxel is blood where its mean peak enhancement is at least "
         "this fraction of the AIF's peak enhancement (half maximum: the usual edge of a blurred bright object).",
     )
     shared_kinetics: bool = Field(

@@ -129,9 +129,10 @@ def estimate_mbf(
         hood = Neighbourhood.build(grid.mask, grid.spacing_mm, reg.radius_mm, device, reg.min_offset_spacing_mm)
         n_offsets = hood.n_offsets
         sources = (
-            blood_free_sources(inputs.series_hu, box, grid, aif, reg.min_depth_mm, reg.blood_enhancement_fraction)
-            if reg.sources == "away_from_blood"
-            else hood.deep(reg.min_depth_mm)
+            hood.deep(reg.min_depth_mm)
+            if reg.sources == "depth"
+            else blood_free_sources(inputs.series_hu, box, grid, aif, reg.min_depth_mm,
+                                    reg.blood_enhancement_fraction, "layer" if reg.sources == "away_from_blood" else "depth")
         )
         if method == "one_compartment" and reg.shared_kinetics and cfg.estimator == "bayesian":
             pooled = pooled_kinetics(
@@ -262,9 +263,9 @@ class WorkingGrid:
 
 def blood_free_sources(
     series_tzyx: np.ndarray, box: tuple[slice, slice, slice], grid: WorkingGrid, aif: ArterialInput,
-    min_depth_mm: float, blood_fraction: float,
+    min_depth_mm: float, blood_fraction: float, other_boundary: str,
 ) -> np.ndarray:
-    """(W,) sources of `sources: away_from_blood` on the working grid (`regularise.sources_away_from_blood`).
+    """(W,) sources of the blood-aware rules on the working grid (`regularise.sources_away_from_blood`).
 
     Blood: working blocks, in or around the mask, whose mean peak enhancement reaches `blood_fraction` of the
     AIF's peak enhancement, looked for as far out as `min_depth_mm` reaches (plus one block).
@@ -272,7 +273,7 @@ def blood_free_sources(
     margin = int(np.ceil(min_depth_mm / min(grid.spacing_mm))) + 1
     peak = peak_enhancement_blocks(series_tzyx, box, grid.factors, aif.n_baseline, margin)
     blood = peak >= blood_fraction * aif.peak_hu
-    return sources_away_from_blood(np.pad(grid.mask, margin), blood, grid.spacing_mm, min_depth_mm)
+    return sources_away_from_blood(np.pad(grid.mask, margin), blood, grid.spacing_mm, min_depth_mm, other_boundary)
 
 
 def shared_kinetics(curves: np.ndarray, fit) -> SharedKinetics:

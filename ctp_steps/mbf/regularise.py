@@ -12,9 +12,10 @@ weighted mean of the curves of myocardium voxels within `radius_mm`:
   biased by -30 to -100 % on the border; blood leaking one voxel further in
   through the PSF and registration's interpolation moves the fitted delay by up
   to -0.5 s) count 1e-3, i.e. only where no source is in reach. Sources are the
-  voxels at least `min_depth_mm` from bright blood and off the boundary layer
-  facing fat or lung (`sources_away_from_blood`), or, with `sources: depth`,
-  at least `min_depth_mm` from any mask boundary (`Neighbourhood.deep`).
+  voxels at least `min_depth_mm` from any mask boundary (`sources: depth`,
+  `Neighbourhood.deep`), also that far from bright blood inside the mask
+  (`depth_and_blood`), or that far from bright blood but only off the boundary
+  layer facing fat or lung (`away_from_blood`; `sources_away_from_blood`).
 - guide: the previous pass's MBF map (joint bilateral filter); the first pass
   has none. Neighbours across an ischemic border get almost no weight.
 
@@ -120,18 +121,22 @@ def peak_enhancement_blocks(
 
 
 def sources_away_from_blood(
-    mask: np.ndarray, blood: np.ndarray, spacing_zyx_mm: tuple[float, float, float], min_depth_mm: float
+    mask: np.ndarray, blood: np.ndarray, spacing_zyx_mm: tuple[float, float, float], min_depth_mm: float,
+    other_boundary: str = "layer",
 ) -> np.ndarray:
-    """(V,) bool, C order of `mask`: voxels >= `min_depth_mm` from blood and off the boundary layer facing the rest.
+    """(V,) bool, C order of `mask`: voxels >= `min_depth_mm` from blood, and clear of the mask's other boundary.
 
-    `mask` and `blood` are one lattice (`blood` may include mask voxels: those are never sources). The
-    boundary layer: voxels within one voxel step (the largest spacing) of a voxel that is neither mask nor
-    blood; beyond the lattice counts as such. Where no voxel qualifies, the ones farthest from both are kept
-    (as `Neighbourhood.deep` keeps the deepest), so a thin wall still has sources. `min_depth_mm` 0: every
+    `mask` and `blood` are one lattice (`blood` may include mask voxels: those are never sources). The other
+    boundary is the one facing anything neither mask nor blood (fat, lung; beyond the lattice counts as
+    such): `layer` keeps voxels off its boundary layer (farther than one voxel step, the largest spacing),
+    `depth` keeps them `min_depth_mm` from it too, i.e. the depth rule with bright voxels inside the mask
+    treated as outside it. Where no voxel qualifies, the ones farthest from both are kept (as
+    `Neighbourhood.deep` keeps the deepest), so a thin wall still has sources. `min_depth_mm` 0: every
     voxel, as with the depth rule.
     """
     if min_depth_mm <= 0:
         return np.ones(int(mask.sum()), dtype=bool)
+
     def distance_to(target: np.ndarray) -> np.ndarray:
         padded = np.pad(~target, 1, constant_values=False)
         return ndimage.distance_transform_edt(padded, sampling=spacing_zyx_mm)[1:-1, 1:-1, 1:-1][mask]
@@ -139,7 +144,8 @@ def sources_away_from_blood(
     to_blood = distance_to(blood) if blood.any() else np.full(int(mask.sum()), np.inf)
     to_rest = distance_to(~mask & ~blood)
     in_blood = blood[mask]
-    sources = (to_blood >= min_depth_mm) & (to_rest > max(spacing_zyx_mm)) & ~in_blood
+    clear_of_rest = to_rest > max(spacing_zyx_mm) if other_boundary == "layer" else to_rest >= min_depth_mm
+    sources = (to_blood >= min_depth_mm) & clear_of_rest & ~in_blood
     if sources.any():
         return sources
     clearance = np.where(in_blood, -1.0, np.minimum(to_blood, to_rest))
