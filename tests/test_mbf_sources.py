@@ -81,20 +81,20 @@ def estimate(inputs: PerfusionInputs, rule: str | None = None, **reg):
     return estimate_mbf(inputs, cfg, CPU)
 
 
-def test_blood_left_inside_the_mask_feeds_no_source_under_the_default_rule():
-    assert MBFConfig().regularisation.sources == "depth_and_blood"
+def test_blood_left_inside_the_mask_feeds_no_source_under_depth_and_blood():
+    assert MBFConfig().regularisation.sources == "depth"
     inputs, _ = ring_patient(noise_hu=0.0)
     nz, ny, nx = inputs.myocardium.shape
     yy, xx = np.meshgrid(np.arange(ny) - 12.5, np.arange(nx) - 12.5, indexing="ij")
     radius = np.broadcast_to(np.hypot(yy, xx), (nz, ny, nx))
     r = radius[inputs.myocardium]
-    # enhancing cavity only, outside the mask: the default rule keeps the depth rule's sources
+    # enhancing cavity only, outside the mask: depth_and_blood keeps the depth rule's sources
     cavity = with_blood(inputs, radius < 6.0)
-    depth = estimate(cavity, "depth")
-    np.testing.assert_array_equal(estimate(cavity).sources, depth.sources)
+    depth = estimate(cavity)
+    np.testing.assert_array_equal(estimate(cavity, "depth_and_blood").sources, depth.sources)
     # the segmentation took in the cavity's first 1.5 voxels: those are blood, and sources keep 4 mm from them
     spilled = with_blood(inputs, radius < 7.5)
-    inside = estimate(spilled)
+    inside = estimate(spilled, "depth_and_blood")
     assert inside.sources.any() and r[inside.sources].min() > r[depth.sources].min()
     assert not inside.sources[r < 7.5].any()
     # the depth rule does not see it: its sources are the same as without the spill
