@@ -7,7 +7,7 @@ import torch
 
 from ctp_steps.mbf.config import MBFConfig
 from ctp_steps.mbf.estimate import PerfusionInputs, estimate_mbf
-from ctp_steps.mbf.regularise import peak_enhancement_blocks, sources_away_from_blood
+from ctp_steps.mbf.regularise import Neighbourhood, peak_enhancement_blocks, sources_away_from_blood
 from test_mbf import TIMES, aif_hu, ring_patient
 
 CPU = torch.device("cpu")
@@ -33,6 +33,21 @@ def test_sources_keep_min_depth_from_blood_and_leave_the_outer_boundary_layer():
     assert np.flatnonzero(centre).tolist() == [4, 5, 6, 7, 8]
     # the lattice's edge counts as "the rest": its boundary layer is no source either
     assert not src[0].any() and not src[:, 0].any()
+
+
+def test_depth_rules_keep_min_depth_from_every_boundary():
+    """`depth` (Neighbourhood.deep) and `depth_and_blood` (blood-aware, other boundary at depth too)."""
+    thick = np.zeros((9, 9, 9), dtype=bool)
+    thick[1:8, 1:8, 1:8] = True
+    deep = Neighbourhood.build(thick, (1.0, 1.0, 1.0), 2.0, CPU).deep(3.0)
+    expected = np.zeros_like(thick)
+    expected[3:6, 3:6, 3:6] = True
+    np.testing.assert_array_equal(deep, expected[thick])
+    assert Neighbourhood.build(thick, (1.0, 1.0, 1.0), 2.0, CPU).deep(10.0).sum() == 1  # thinner: the deepest
+    mask, blood = (np.pad(a, ((4, 4), (4, 4), (0, 0)), mode="edge") for a in slab())
+    src = np.zeros(mask.shape, dtype=bool)
+    src[mask] = sources_away_from_blood(mask, blood, (1.0, 1.0, 1.0), 3.0, other_boundary="depth")
+    assert np.flatnonzero(src[6, 6]).tolist() == [4, 5, 6, 7]  # 3 mm from the blood (x 1) and from the fat (x 10)
 
 
 def test_bright_voxels_inside_the_mask_are_never_sources_and_push_sources_away():
