@@ -25,6 +25,7 @@ from ctp_steps.mbf.regularise import (
     Neighbourhood,
     bilateral_average,
     peak_enhancement_blocks,
+    OtherBoundary,
     sources_away_from_blood,
 )
 from ctp_steps.mbf.tac import ArterialInput, arterial_input, segment_mean_curves, tissue_enhancement
@@ -263,7 +264,7 @@ class WorkingGrid:
 
 def blood_free_sources(
     series_tzyx: np.ndarray, box: tuple[slice, slice, slice], grid: WorkingGrid, aif: ArterialInput,
-    min_depth_mm: float, blood_fraction: float, other_boundary: str,
+    min_depth_mm: float, blood_fraction: float, other_boundary: OtherBoundary,
 ) -> np.ndarray:
     """(W,) sources of the blood-aware rules on the working grid (`regularise.sources_away_from_blood`).
 

@@ -30,12 +30,14 @@ hence the cost per voxel, is bounded whatever the voxel size.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from scipy import ndimage
 
 BORDER_SOURCE_WEIGHT = 1e-3
+OtherBoundary = Literal["layer", "depth"]  # how far sources keep from the mask's boundary not facing blood
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ def peak_enhancement_blocks(
 
 def sources_away_from_blood(
     mask: np.ndarray, blood: np.ndarray, spacing_zyx_mm: tuple[float, float, float], min_depth_mm: float,
-    other_boundary: str = "layer",
+    other_boundary: OtherBoundary = "layer",
 ) -> np.ndarray:
     """(V,) bool, C order of `mask`: voxels >= `min_depth_mm` from blood, and clear of the mask's other boundary.
 
@@ -137,12 +139,12 @@ def sources_away_from_blood(
     if min_depth_mm <= 0:
         return np.ones(int(mask.sum()), dtype=bool)
 
-    def distance_to(target: np.ndarray) -> np.ndarray:
-        padded = np.pad(~target, 1, constant_values=False)
+    def distance_to(target: np.ndarray, beyond_is_target: bool) -> np.ndarray:
+        padded = np.pad(~target, 1, constant_values=not beyond_is_target)
         return ndimage.distance_transform_edt(padded, sampling=spacing_zyx_mm)[1:-1, 1:-1, 1:-1][mask]
 
-    to_blood = distance_to(blood) if blood.any() else np.full(int(mask.sum()), np.inf)
-    to_rest = distance_to(~mask & ~blood)
+    to_blood = distance_to(blood, False) if blood.any() else np.full(int(mask.sum()), np.inf)
+    to_rest = distance_to(~mask & ~blood, True)
     in_blood = blood[mask]
     clear_of_rest = to_rest > max(spacing_zyx_mm) if other_boundary == "layer" else to_rest >= min_depth_mm
     sources = (to_blood >= min_depth_mm) & clear_of_rest & ~in_blood
