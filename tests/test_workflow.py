@@ -76,6 +76,11 @@ def test_validation_summary_conversion_exact(tiny_run):
     segments = [mbf.loc[("mbf_segment_n", t), "mean"] for t in ("one_compartment", f"one_compartment_{other}")]
     assert segments[0] == segments[1] == 3 * 17
     assert mbf.loc[("mbf_ci95_coverage", f"segment_{other}"), "n"] == 3
+    # the default family's tissue is made with the configured extraction: under the phantom's own it reads the same
+    configured = mbf.loc[("mbf_global_bias_pct", "one_compartment"), "mean"]
+    assert mbf.loc[("mbf_global_bias_pct", "one_compartment_true_extraction"), "mean"] == pytest.approx(configured, abs=0.01)
+    assert mbf.loc[("mbf_global_k1_bias_pct", "one_compartment"), "n"] == 3
+    assert abs(mbf.loc[("mbf_global_k1_bias_pct", "one_compartment"), "mean"]) < 25.0
     assert 0.0 <= mbf.loc[("mbf_ci95_coverage", f"segment_{other}"), "mean"] <= 1.0
 
 

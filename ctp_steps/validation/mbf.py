@@ -19,6 +19,15 @@ Definitions:
 - mbf_segment_icc = ICC(2,1): two-way random effects, absolute agreement, single measure
   (Shrout & Fleiss 1979), segments of all patients as subjects, estimate and truth as raters
 - mbf_segment_ba_bias / _loa_low / _loa_high = Bland-Altman mean difference and 95 % limits
+- target `<method>_true_extraction` (one-compartment only): the same map metrics after each voxel's K1 is
+  turned into MBF by the phantom's own extraction model (truth.json `kinetics`) instead of the configured
+  one. Absolute MBF needs an extraction model no image can validate (issue 20, item 3); this row shows
+  what the pipeline's error is without that choice. On a family generated with the configured model it
+  equals the `<method>` row.
+- mbf_global_k1_bias_pct, target `<method>` (one-compartment only) = 100 (mean K1 over the pipeline's
+  myocardium - mean true K1 over the true myocardium) / mean true K1, the true K1 = E(F)·F of the phantom's
+  own extraction: the quantity the images carry. Near a fixed PS's ceiling (K1 -> PS) a few % of K1 are
+  tens of % of MBF under any extraction model, so this row, not MBF, tells how well the images were read.
 
 Uncertainty (the stage's own SE and 95 % intervals, ctp_steps/mbf/uncertainty.py; rows from
 `uncertainty_rows`, NaN where an older run has no uncertainty columns):
@@ -41,6 +50,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -50,6 +60,10 @@ from ctp_steps.io import read_json, read_status, read_volume
 from ctp_steps.layout import file_name, status_name
 from ctp_steps.validation.rows import metric_frame, patient_keys, patient_rows
 from ctp_steps.validation.truth import MYOCARDIUM, truth_maps
+
+if TYPE_CHECKING:  # the stage's modules import torch; the cohort rule does not need them
+    from ctp_steps.mbf.extraction import ExtractionModel
+    from ctp_steps.mbf.fit import RenkinCrone
 
 SEGMENT_COLUMNS = ["patient_id", "center", "target", "segment", "mbf_est", "mbf_true"]
 
@@ -62,6 +76,36 @@ def map_metrics(est: np.ndarray, mask: np.ndarray, truth: np.ndarray, true_myo: 
         "mbf_global_bias_pct": 100.0 * (float(est[mask].mean()) - true_global) / true_global,
         "mbf_voxel_rel_rmse": float(np.sqrt(np.mean(diff**2)) / truth[both].mean()) if both.any() else math.nan,
     }
+
+
+def true_extraction(kinetics: dict) -> RenkinCrone:
+    """The K1 -> flow model the phantom generated its tissue with, from truth.json `kinetics`.
+
+    Both families use Renkin-Crone: the default family on blood flow with capillary recruitment
+    (PS = permeability_surface + ps_flow_slope * F); the shifted family's two-compartment exchange on
+    plasma flow Fp = F (1 - Hct) with a fixed PS, i.e. E = 1 - exp(-(PS / (1 - Hct)) / F).
+    """
+    from ctp_steps.mbf.fit import RenkinCrone
+
+    ps = float(kinetics["permeability_surface"])
+    if "hematocrit" in kinetics:
+        return RenkinCrone(ps / (1.0 - float(kinetics["hematocrit"])), 0.0)
+    return RenkinCrone(ps, float(kinetics.get("ps_flow_slope", 0.0)))
+
+
+def reconverted(mbf: np.ndarray, used: ExtractionModel | None, true: ExtractionModel, max_mbf: float) -> np.ndarray:
+    """MBF values made under the extraction model `used` (None: MBF = K1), re-made under `true` from the same K1."""
+    k1 = np.asarray(mbf, dtype=float) if used is None else used.k1(np.maximum(mbf, 1e-6))
+    return np.where(np.asarray(mbf) > 0, true.flow(k1, max_mbf), 0.0)
+
+
+def k1_bias_pct(mbf: np.ndarray, mask: np.ndarray, used: ExtractionModel | None, true_mbf: np.ndarray,
+                true_myo: np.ndarray, true: ExtractionModel) -> float:
+    """Global K1 bias % of an MBF map made under `used`, against the true K1 (`true` applied to the true map)."""
+    est = mbf[mask].astype(float)
+    k1 = est if used is None else used.k1(np.maximum(est, 1e-6))
+    k1_true = true.k1(np.maximum(true_mbf[true_myo].astype(float), 1e-6))
+    return 100.0 * (float(k1.mean()) - float(k1_true.mean())) / float(k1_true.mean())
 
 
 def segment_means(mbf: np.ndarray, mask: np.ndarray, aha17: np.ndarray) -> np.ndarray:
@@ -162,6 +206,7 @@ def mbf_patient_metrics(
     """(metric rows, segment comparison rows) of one patient, for every method, raw and regularised."""
     from ctp_steps.mbf.config import METHODS, MBFConfig
     from ctp_steps.mbf.estimate import estimate_mbf
+    from ctp_steps.mbf.extraction import extraction_model
     from ctp_steps.devices import resolve_device
     from ctp_steps.mbf.stage import Inputs, read_inputs
 
@@ -199,6 +244,11 @@ def mbf_patient_metrics(
         target, alt_maps, alt_rows = other_estimator_rows(inputs, cfg, other, device, true_segments, truth["mbf_global"])
         maps |= alt_maps
         rows += alt_rows
+    if cfg.method == "one_compartment" and "kinetics" in truth:
+        used, true = extraction_model(cfg), true_extraction(truth["kinetics"])
+        rows.append(("mbf_global_k1_bias_pct", cfg.method,
+                     k1_bias_pct(maps[cfg.method], mask, used, true_mbf, true_myo, true)))
+        maps[f"{cfg.method}_true_extraction"] = reconverted(maps[cfg.method], used, true, cfg.max_mbf).astype(np.float32)
     for target, mbf in maps.items():
         rows += [(k, target, v) for k, v in map_metrics(mbf, mask, true_mbf, true_myo, truth["mbf_global"]).items()]
         est_segments = segment_means(mbf, mask, aha)
