@@ -80,7 +80,10 @@ def test_validation_summary_conversion_exact(tiny_run):
     configured = mbf.loc[("mbf_global_bias_pct", "one_compartment"), "mean"]
     assert mbf.loc[("mbf_global_bias_pct", "one_compartment_true_extraction"), "mean"] == pytest.approx(configured, abs=0.01)
     assert mbf.loc[("mbf_global_k1_bias_pct", "one_compartment"), "n"] == 3
-    assert abs(mbf.loc[("mbf_global_k1_bias_pct", "one_compartment"), "mean"]) < 25.0
+    # the tiny nets' maps are ~20 % low in MBF, so low in K1 too (how much lower depends on the map's spread: K1 is
+    # concave in flow, so a spread map's mean K1 falls further than its mean MBF; exact values: test_validation_extraction)
+    k1 = mbf.loc[("mbf_global_k1_bias_pct", "one_compartment"), "mean"]
+    assert configured < -10.0 and -60.0 < k1 < -10.0, (k1, configured)
     assert 0.0 <= mbf.loc[("mbf_ci95_coverage", f"segment_{other}"), "mean"] <= 1.0
 
 
