@@ -119,6 +119,13 @@ def flow_of(k1: np.ndarray, model: ExtractionModel | None, max_flow: float) -> n
     return model.flow(k1, max_flow) if model is not None else np.asarray(k1, dtype=float)
 
 
+def k1_of(mbf: np.ndarray, model: ExtractionModel | None) -> np.ndarray:
+    """K1 from MBF (mL/100mL/min) under `model` (None: K1 = MBF), the inverse of `flow_of`; flows are floored at
+    1e-3 so that PS/F stays finite where a map holds 0."""
+    mbf = np.asarray(mbf, dtype=float)
+    return model.k1(np.maximum(mbf, 1e-3)) if model is not None else mbf
+
+
 def preset_flows(cfg: MBFConfig, k1: np.ndarray) -> dict[ExtractionPreset, np.ndarray]:
     """MBF of the same K1 under every preset (project_default with the configured PS)."""
     return {p: flow_of(k1, preset_model(p, cfg.ps_ml_100ml_min, cfg.ps_flow_slope), cfg.max_mbf) for p in PRESETS}

@@ -73,6 +73,7 @@ from ctp_steps.mbf.fit import (
     fit_curves,
     parameter_covariance,
 )
+from ctp_steps.mbf.extraction import k1_of
 from ctp_steps.mbf.kinetics import GridAIF
 from ctp_steps.mbf.tac import ArterialInput
 
@@ -145,7 +146,7 @@ def confidence_interval(
     rate_se = np.asarray(rate_se, dtype=float)
     # Student t quantile (scipy.stats.t.ppf's values, without the 0.3 s import of scipy.stats)
     q = float(special.stdtrit(max(dof, 1), 0.5 + confidence / 2))
-    rate = renkin_crone.k1(np.maximum(mbf, 1e-3)) if renkin_crone is not None else mbf
+    rate = k1_of(mbf, renkin_crone)
     low_rate, high_rate = np.maximum(rate - q * rate_se, 0.0), rate + q * rate_se
     if renkin_crone is None:
         return low_rate, high_rate

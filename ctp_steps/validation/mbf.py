@@ -95,17 +95,18 @@ def true_extraction(kinetics: dict) -> RenkinCrone:
 
 def reconverted(mbf: np.ndarray, used: ExtractionModel | None, true: ExtractionModel, max_mbf: float) -> np.ndarray:
     """MBF values made under the extraction model `used` (None: MBF = K1), re-made under `true` from the same K1."""
-    k1 = np.asarray(mbf, dtype=float) if used is None else used.k1(np.maximum(mbf, 1e-6))
-    return np.where(np.asarray(mbf) > 0, true.flow(k1, max_mbf), 0.0)
+    from ctp_steps.mbf.extraction import flow_of, k1_of
+
+    return np.where(np.asarray(mbf) > 0, flow_of(k1_of(mbf, used), true, max_mbf), 0.0)
 
 
 def k1_bias_pct(mbf: np.ndarray, mask: np.ndarray, used: ExtractionModel | None, true_mbf: np.ndarray,
                 true_myo: np.ndarray, true: ExtractionModel) -> float:
     """Global K1 bias % of an MBF map made under `used`, against the true K1 (`true` applied to the true map)."""
-    est = mbf[mask].astype(float)
-    k1 = est if used is None else used.k1(np.maximum(est, 1e-6))
-    k1_true = true.k1(np.maximum(true_mbf[true_myo].astype(float), 1e-6))
-    return 100.0 * (float(k1.mean()) - float(k1_true.mean())) / float(k1_true.mean())
+    from ctp_steps.mbf.extraction import k1_of
+
+    k1, k1_true = float(k1_of(mbf[mask], used).mean()), float(k1_of(true_mbf[true_myo], true).mean())
+    return 100.0 * (k1 - k1_true) / k1_true
 
 
 def segment_means(mbf: np.ndarray, mask: np.ndarray, aha17: np.ndarray) -> np.ndarray:
