@@ -56,7 +56,7 @@ def patient_row(patient) -> dict:
 
     from ctp_steps.mbf.config import MBFConfig
     from ctp_steps.mbf.estimate import PerfusionInputs, estimate_mbf
-    from ctp_steps.mbf.extraction import extraction_model
+    from ctp_steps.mbf.extraction import extraction_model, k1_of
     from ctp_steps.validation.mbf import reconverted, true_extraction
 
     cfg = MBFConfig()
@@ -69,7 +69,7 @@ def patient_row(patient) -> dict:
     truth = patient.truth
     used, true = extraction_model(cfg), true_extraction(truth["kinetics"])
     own = reconverted(mbf, used, true, cfg.max_mbf)
-    k1_true = float(true.k1(np.maximum(patient.mbf[myo], 1e-6)).mean())
+    k1_true = float(k1_of(patient.mbf[myo], true).mean())
     t = truth["mbf_global"]
     kin = truth["kinetics"]
     return {
@@ -83,23 +83,66 @@ def patient_row(patient) -> dict:
     }
 
 
+def transit_fit(patient, taus: list[float]) -> dict:
+    """K1 error of the mean-curve fit at τ = 0 and at the residual's best τ (see the module docstring)."""
+    from scipy.ndimage import binary_erosion
+    from scipy.optimize import least_squares
+
+    from ctp_steps.mbf.extraction import k1_of
+    from ctp_steps.validation.mbf import true_extraction
+
+    dt = 0.05
+    t = patient.frame_times_s
+    myo, aorta = patient.labels == 3, binary_erosion(patient.labels == 1)
+    ca, y = (patient.frames_hu[:, m].mean(axis=1) for m in (aorta, myo))
+    ca, y = ca - ca[:2].mean(), y - y[:2].mean()
+    fine = np.arange(0.0, t[-1] + 20.0, dt)
+
+    def curve(q: np.ndarray, tau: float) -> np.ndarray:
+        k1, ve, vb, delay = q
+        a = np.interp(fine - delay, t, ca, left=0.0)
+        tissue = np.convolve(a, k1 / 6000 * np.exp(-k1 / max(ve, 1e-4) / 6000 * fine))[: fine.size] * dt
+        vascular = a if tau <= 0 else np.convolve(a, np.exp(-fine / tau) / tau)[: fine.size] * dt
+        return np.interp(t, fine, tissue + vb * vascular)
+
+    k1_true = float(k1_of(patient.mbf[myo], true_extraction(patient.truth["kinetics"])).mean())
+    fits = []
+    for tau in taus:
+        best = min((least_squares(lambda q: curve(q, tau) - y, [100.0, 0.2, 0.1, d0],
+                                  bounds=([0, 0.01, 0, -2], [600, 1, 0.5, 8])) for d0 in (0.0, 2.0, 4.0)),
+                   key=lambda r: r.cost)
+        fits.append((tau, best))
+    zero = next(r for tau, r in fits if tau == 0)
+    tau_best, best = min(fits, key=lambda f: f[1].cost)
+    return {"patient": patient.spec.patient_id, "k1_pct_tau0": 100 * (zero.x[0] / k1_true - 1),
+            "vb_tau0": zero.x[2], "tau_best_s": tau_best, "k1_pct_best": 100 * (best.x[0] / k1_true - 1),
+            "vb_best": best.x[2], "cost_tau0": zero.cost, "cost_best": best.cost}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--family", choices=("default", "shifted"), default="shifted")
     ap.add_argument("--n-patients", type=int, default=12)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--transit-taus", type=float, nargs="+", default=None,
+                    help="prototype a vascular-transit term with these τ (s; include 0) instead")
     args = ap.parse_args()
     import pandas as pd
     import torch
 
     torch.set_num_threads(args.threads)
     rows = []
+    taus = args.transit_taus
+    if taus is not None and 0.0 not in taus:
+        ap.error("--transit-taus must include 0 (the stage's model)")
     for spec in family_specs(args.family, args.n_patients):
-        rows.append(patient_row(still_patient(args.family, spec)))
+        patient = still_patient(args.family, spec)
+        rows.append(patient_row(patient) if taus is None else transit_fit(patient, taus))
         print(rows[-1]["patient"], file=sys.stderr, flush=True)
     d = pd.DataFrame(rows)
     print(d.round(2).to_markdown(index=False))
-    for col in ("configured_pct", "own_extraction_pct", "k1_pct"):
+    cols = ("configured_pct", "own_extraction_pct", "k1_pct") if taus is None else ("k1_pct_tau0", "k1_pct_best")
+    for col in cols:
         print(f"{col}: mean {d[col].mean():+.1f} %, range {d[col].min():+.1f} to {d[col].max():+.1f} %")
 
 
